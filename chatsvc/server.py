@@ -1,0 +1,247 @@
+"""A Thrift server on ``asyncio.Protocol``: any transport Kitex speaks, many calls per connection.
+
+Each connection cuts its byte stream into whole messages (``wire.framing``), decodes each one
+with thriftpy2's Cython codec and runs the handler. Calls that arrive back to back on one
+connection run concurrently (up to ``max_pipeline``), but their replies are written in the order
+the calls came, each in the framing of its call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from thriftpy2.thrift import TApplicationException
+
+from chatsvc.settings import WireLimits
+from chatsvc.wire import codec, framing
+from chatsvc.wire.framing import Frame, Header, Transport
+from chatsvc.wire.scan import ProtocolError, read_head
+
+log = logging.getLogger("chatsvc.server")
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    wire: WireLimits
+    max_connections: int = 10_000
+    max_pipeline: int = 64
+    idle_timeout: float = 600.0
+
+
+@dataclass
+class Reply:
+    data: bytes
+    close: bool = False
+
+
+class ThriftServer:
+    """Serves ``service`` (a thriftpy2 service) with ``handler`` (async methods named as the IDL's)."""
+
+    def __init__(self, service: Any, handler: Any, limits: ServerLimits) -> None:
+        self.service = service
+        self.handler = handler
+        self.limits = limits
+        self.connections: set[_Connection] = set()
+        self._server: asyncio.Server | None = None
+
+    async def start(self, host: str, port: int) -> asyncio.Server:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: _Connection(self), host, port, reuse_address=True)
+        return self._server
+
+    @property
+    def sockets(self) -> list[Any]:
+        return list(self._server.sockets) if self._server else []
+
+    async def close(self, drain_timeout: float = 5.0) -> None:
+        """Stop accepting, let calls in flight finish (up to ``drain_timeout``), close the rest."""
+        if self._server is not None:
+            self._server.close()
+        pending = [t for conn in self.connections for t in conn.tasks]
+        if pending:
+            await asyncio.wait(pending, timeout=drain_timeout)
+        for conn in list(self.connections):
+            conn.close()
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def call(self, frame: Frame) -> Reply:
+        """Run one complete message; returns the bytes to write back."""
+        head, _ = read_head(frame.payload, 0, len(frame.payload))
+        if head.mtype != codec.CALL:
+            return self._exception(frame, head.name, head.seqid, "invalid message type",
+                                   TApplicationException.INVALID_MESSAGE_TYPE, close=True)
+        if head.name not in self.service.thrift_services:
+            return self._exception(frame, head.name, head.seqid, f"unknown method {head.name}",
+                                   TApplicationException.UNKNOWN_METHOD)
+        args = getattr(self.service, head.name + "_args")()
+        codec.decode_body(frame.payload, args)
+        if frame.header is not None and log.isEnabledFor(logging.DEBUG):
+            _log_header(head.name, frame.header)
+        method = getattr(self.handler, head.name)
+        try:
+            async with asyncio.timeout(_deadline(frame.header)):
+                result = await method(*[getattr(args, spec[1]) for spec in args.thrift_spec.values()])
+        except TimeoutError:
+            return self._exception(frame, head.name, head.seqid, "deadline exceeded (RPCTimeout)",
+                                   TApplicationException.INTERNAL_ERROR)
+        payload = codec.encode(head.name, codec.REPLY, head.seqid,
+                               getattr(self.service, head.name + "_result")(success=result))
+        return Reply(_wrap(frame, payload, reply_type="2"))
+
+    def _exception(self, frame: Frame, name: str, seqid: int, message: str, kind: int,
+                   close: bool = False) -> Reply:
+        payload = codec.encode(name, codec.EXCEPTION, seqid, TApplicationException(type=kind, message=message))
+        return Reply(_wrap(frame, payload, reply_type="3"), close)
+
+    def protocol_error(self, transport: Transport | None, message: str) -> bytes:
+        """A PROTOCOL_ERROR exception in ``transport``, for a message that could not be decoded."""
+        exc = TApplicationException(type=TApplicationException.PROTOCOL_ERROR, message=message)
+        payload = codec.encode("", codec.EXCEPTION, 0, exc)
+        return framing.wrap(transport or Transport.BUFFERED, payload)
+
+
+def _deadline(header: Header | None) -> float | None:
+    """The caller's RPCTimeout (TTHeader int key 12, milliseconds) in seconds, if it sent one."""
+    if header is None:
+        return None
+    raw = header.ints.get(framing.RPC_TIMEOUT, "")
+    return int(raw) / 1000 if raw.isdigit() and int(raw) > 0 else None
+
+
+def _wrap(frame: Frame, payload: bytes, reply_type: str) -> bytes:
+    if frame.header is None:
+        return framing.wrap(frame.transport, payload)
+    # Kitex's meta handler marks replies with MsgType when the caller sent Kitex's int keys.
+    info = framing.encode_info(ints={framing.MSG_TYPE: reply_type}) if frame.header.ints else b"\x00" * 4
+    return framing.wrap(frame.transport, payload, frame.header.seqid, info)
+
+
+def _log_header(method: str, header: Header) -> None:
+    log.debug("call %s from %s.%s log_id=%s", method, header.ints.get(framing.FROM_SERVICE, "-"),
+              header.ints.get(framing.FROM_METHOD, "-"), header.ints.get(framing.LOG_ID, "-"))
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self, server: ThriftServer) -> None:
+        self.server = server
+        self.reader = framing.FrameReader(server.limits.wire)
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.transport: asyncio.Transport | None = None
+        self._tail: asyncio.Future[None] | None = None  # completes when the last reply is written
+        self._paused = False
+        self._closing = False
+        self._last_active = time.monotonic()
+        self._idle: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        if len(self.server.connections) >= self.server.limits.max_connections:
+            log.warning("connection refused: %d connections open", len(self.server.connections))
+            self.transport.abort()  # type: ignore[union-attr]
+            return
+        self.server.connections.add(self)
+        self._schedule_idle(self.server.limits.idle_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        self.server.connections.discard(self)
+        if self._idle is not None:
+            self._idle.cancel()
+
+    def close(self) -> None:
+        self._closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        self._last_active = time.monotonic()
+        try:
+            frames = self.reader.feed(data)
+        except ProtocolError as exc:
+            self._fail(exc)
+            return
+        for frame in frames:
+            self._dispatch(frame)
+        if self.reader.error is not None:
+            self._fail(self.reader.error)
+
+    def _fail(self, exc: ProtocolError) -> None:
+        """Answer a broken stream with PROTOCOL_ERROR (unless it is not Thrift at all), then close."""
+        log.info("closing connection: %s", exc)
+        if not isinstance(exc, framing.Refused):
+            self._after_tail(self.server.protocol_error(self.reader.last_transport, str(exc)))
+        self._closing = True
+        self._after_tail(None)
+
+    def _after_tail(self, data: bytes | None) -> None:
+        """Write ``data`` (or close, for None) once every earlier reply is out."""
+        prev = self._tail
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._tail = done
+        self._track(self._write_after(prev, done, Reply(data or b"", close=data is None)))
+
+    def _dispatch(self, frame: Frame) -> None:
+        prev = self._tail
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._tail = done
+        self._track(self._serve(frame, prev, done))
+        if len(self.tasks) >= self.server.limits.max_pipeline and not self._paused and self.transport:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def _track(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        self._last_active = time.monotonic()
+        if self._paused and len(self.tasks) < self.server.limits.max_pipeline and self.transport:
+            self._paused = False
+            if not self._closing:
+                self.transport.resume_reading()
+
+    async def _serve(self, frame: Frame, prev: asyncio.Future[None] | None, done: asyncio.Future[None]) -> None:
+        try:
+            reply = await self.server.call(frame)
+        except ProtocolError as exc:
+            log.info("undecodable message: %s", exc)
+            reply = Reply(self.server.protocol_error(frame.transport, str(exc)), close=True)
+        except Exception:
+            log.exception("unexpected error serving a call")
+            reply = Reply(self.server.protocol_error(frame.transport, "internal error"), close=True)
+        await self._write_after(prev, done, reply)
+
+    async def _write_after(self, prev: asyncio.Future[None] | None, done: asyncio.Future[None], reply: Reply) -> None:
+        try:
+            if prev is not None and not prev.done():
+                await prev
+            transport = self.transport
+            if transport is None or transport.is_closing():
+                return
+            if reply.data:
+                transport.write(reply.data)
+            if reply.close:
+                self._closing = True
+                transport.close()
+        finally:
+            done.set_result(None)
+
+    def _schedule_idle(self, delay: float) -> None:
+        self._idle = asyncio.get_running_loop().call_later(delay, self._check_idle)
+
+    def _check_idle(self) -> None:
+        """Close a connection with no call in flight and no bytes for ``idle_timeout``."""
+        idle = time.monotonic() - self._last_active
+        timeout = self.server.limits.idle_timeout
+        if not self.tasks and idle >= timeout:
+            log.info("closing idle connection")
+            self.close()
+        else:
+            self._schedule_idle(max(timeout - idle, 0.05) if not self.tasks else timeout)

@@ -1,0 +1,99 @@
+"""Message storage in Redis: the only module that knows key names and Redis commands.
+
+One Redis Stream per chat, key ``chat:{<canonical chat>}``: the braces make the chat id a Redis
+Cluster hash tag. An entry's id is ``<send_time>-0`` (send_time in microseconds) and its fields are
+``s`` (sender) and ``x`` (text), so paging by send_time is a plain ``XRANGE``/``XREVRANGE``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from chatsvc.errors import StorageUnavailable
+
+# send_time = max(Redis clock in µs, last send_time + 1), assigned atomically with the write so
+# that concurrent sends to one chat never share a time. Numbers are formatted with %.0f because
+# Lua's own number-to-string conversion keeps only 14 significant digits.
+SEND_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
+if last then
+  local prev = tonumber(string.match(last[1], '^(%d+)'))
+  if prev >= now then now = prev + 1 end
+end
+local id = string.format('%.0f', now)
+redis.call('XADD', KEYS[1], id .. '-0', 's', ARGV[1], 'x', ARGV[2])
+return id
+"""
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    sender: str
+    text: str
+    send_time: int
+
+
+def chat_key(canonical_chat: str) -> str:
+    return "chat:{" + canonical_chat + "}"
+
+
+class RedisStorage:
+    """Append and range-read chat messages in Redis."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._redis = client
+        self._send = client.register_script(SEND_SCRIPT)
+
+    @classmethod
+    def from_url(cls, url: str, *, pool_size: int, timeout: float, connect_timeout: float) -> RedisStorage:
+        # No automatic retries: a retried script could store a message twice.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=pool_size,
+            timeout=timeout,
+            socket_timeout=timeout,
+            socket_connect_timeout=connect_timeout,
+            retry=Retry(NoBackoff(), 0),
+            decode_responses=True,
+        )
+        return cls(aioredis.Redis(connection_pool=pool))
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._redis.ping())
+        except (RedisError, OSError):
+            return False
+
+    async def append(self, chat: str, sender: str, text: str) -> int:
+        """Store a message in ``chat``; returns its send_time (µs)."""
+        try:
+            send_time = await self._send(keys=[chat_key(chat)], args=[sender, text])
+        except (RedisError, OSError) as exc:
+            raise StorageUnavailable(type(exc).__name__) from exc
+        return int(send_time)
+
+    async def page(self, chat: str, cursor: int, count: int, reverse: bool) -> list[StoredMessage]:
+        """Up to ``count`` messages from ``cursor`` (inclusive) in the given direction.
+
+        Forward: send_time >= cursor, oldest first. Reverse: send_time <= cursor (cursor 0 means
+        from the newest), newest first.
+        """
+        key = chat_key(chat)
+        try:
+            if reverse:
+                entries = await self._redis.xrevrange(key, str(cursor) if cursor else "+", "-", count)
+            else:
+                entries = await self._redis.xrange(key, str(cursor), "+", count)
+        except (RedisError, OSError) as exc:
+            raise StorageUnavailable(type(exc).__name__) from exc
+        return [StoredMessage(f["s"], f["x"], int(eid.partition("-")[0])) for eid, f in entries]

@@ -1,0 +1,6 @@
+"""The Thrift transport layer shared by chatsvc's server and its client.
+
+``scan`` finds where a strict-binary message ends (enforcing size limits before anything is
+allocated), ``framing`` detects and writes the unframed, framed and TTHeader transports, ``codec``
+turns complete messages into thriftpy2 structs and back, and ``idl`` loads the IDL at run time.
+"""

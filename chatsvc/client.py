@@ -1,0 +1,273 @@
+"""The Python client of IMService: a bounded pool of persistent, pipelined Thrift connections.
+
+Any IMService server will do (chatsvc, a Kitex server, an Apache Thrift server): every server
+answers a connection's calls in order, so several calls can be in flight on one connection and
+replies are matched to calls by seqid. A connection that breaks the protocol is discarded and a
+fresh one is dialled for the next call.
+
+Errors::
+
+    RPCError                    base; the call's outcome is unknown unless said otherwise
+    ├── RPCConnectError         could not connect, or the connection dropped mid-call
+    ├── RPCTimeout              no reply within the call timeout
+    ├── RPCProtocolError        the reply was malformed (the connection is discarded)
+    └── RPCApplicationError     the server answered with a TApplicationException (``.type``)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from thriftpy2.thrift import TApplicationException
+
+from chatsvc.settings import WireLimits
+from chatsvc.wire import codec, framing
+from chatsvc.wire.framing import Transport
+from chatsvc.wire.idl import IMService, Message, PullRequest, SendRequest
+from chatsvc.wire.scan import ProtocolError, read_head
+
+log = logging.getLogger("chatsvc.client")
+
+DEFAULT_CONNECT_TIMEOUT = 1.0
+DEFAULT_CALL_TIMEOUT = 5.0
+DEFAULT_POOL_SIZE = 4
+DEFAULT_PIPELINE = 32
+
+
+class RPCError(Exception):
+    pass
+
+
+class RPCConnectError(RPCError):
+    pass
+
+
+class RPCTimeout(RPCError):
+    pass
+
+
+class RPCProtocolError(RPCError):
+    pass
+
+
+class RPCApplicationError(RPCError):
+    def __init__(self, message: str, type: int) -> None:  # noqa: A002 - Thrift's field name
+        super().__init__(message)
+        self.type = type
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """Timeouts and bounds of a client. ``pool_size * pipeline`` calls may be in flight at once."""
+
+    transport: Transport = Transport.FRAMED
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    call_timeout: float = DEFAULT_CALL_TIMEOUT
+    pool_size: int = DEFAULT_POOL_SIZE
+    pipeline: int = DEFAULT_PIPELINE
+    wire: WireLimits = WireLimits()
+
+
+_seqids = itertools.count(1)
+
+
+def _next_seqid() -> int:
+    """Process-wide seqids, 1 to 2**31-1 and never 0, as Kitex numbers them."""
+    seqid = next(_seqids) % 0x7FFFFFFF
+    return seqid or _next_seqid()
+
+
+class _Connection(asyncio.Protocol):
+    """One TCP connection; calls in flight are matched to replies by seqid."""
+
+    def __init__(self, client: ChatClient) -> None:
+        self._client = client
+        self._reader = framing.FrameReader(client.settings.wire)
+        self._pending: dict[int, tuple[str, Any, asyncio.Future[Any]]] = {}
+        self._abandoned: set[int] = set()  # seqids of calls that timed out; their replies are dropped
+        self.transport: asyncio.Transport | None = None
+        self.broken = False
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(RPCConnectError(f"connection lost: {exc or 'closed by server'}"))
+
+    def send(self, method: str, args: Any, result_cls: Any) -> tuple[int, asyncio.Future[Any]]:
+        seqid = _next_seqid()
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[seqid] = (method, result_cls, fut)
+        payload = codec.encode(method, codec.CALL, seqid, args)
+        info = self._client.header_info(method)
+        assert self.transport is not None
+        self.transport.write(framing.wrap(self._client.settings.transport, payload, seqid, info))
+        return seqid, fut
+
+    def abandon(self, seqid: int) -> None:
+        if self._pending.pop(seqid, None) is not None and len(self._abandoned) < 10_000:
+            self._abandoned.add(seqid)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            for frame in self._reader.feed(data):
+                self._deliver(frame)
+            if self._reader.error is not None:
+                raise self._reader.error
+        except (ProtocolError, RPCProtocolError) as exc:
+            log.warning("discarding connection: %s", exc)
+            self._fail(RPCProtocolError(str(exc)))
+
+    def _deliver(self, frame: framing.Frame) -> None:
+        if frame.transport is not self._client.settings.transport:
+            raise RPCProtocolError(f"reply framed as {frame.transport.value}, expected "
+                                   f"{self._client.settings.transport.value}")
+        head, _ = read_head(frame.payload, 0, len(frame.payload))
+        entry = self._pending.pop(head.seqid, None)
+        if entry is None:
+            if head.seqid in self._abandoned:
+                self._abandoned.discard(head.seqid)
+                return
+            if head.mtype == codec.EXCEPTION:  # e.g. a PROTOCOL_ERROR with seqid 0
+                exc = TApplicationException()
+                codec.decode_body(frame.payload, exc)
+                raise RPCProtocolError(f"server error: {exc.message}")
+            raise RPCProtocolError(f"reply with unexpected seqid {head.seqid}")
+        method, result_cls, fut = entry
+        if head.mtype == codec.EXCEPTION:
+            exc = TApplicationException()
+            codec.decode_body(frame.payload, exc)
+            if not fut.done():
+                fut.set_exception(RPCApplicationError(exc.message or "application error", exc.type or 0))
+            return
+        if head.mtype != codec.REPLY or head.name != method:
+            raise RPCProtocolError(f"expected a reply to {method}, got type {head.mtype} for {head.name!r}")
+        result = result_cls()
+        codec.decode_body(frame.payload, result)
+        if not fut.done():
+            fut.set_result(result)
+
+    def _fail(self, exc: RPCError) -> None:
+        self.broken = True
+        pending, self._pending = self._pending, {}
+        for _, _, fut in pending.values():
+            if not fut.done():
+                fut.set_exception(exc)
+        if self.transport is not None:
+            self.transport.close()
+
+    def close(self) -> None:
+        self._fail(RPCConnectError("client closed"))
+
+
+class ChatClient:
+    """``async with ChatClient(host, port) as c: await c.send("a:b", "hi", "a")``."""
+
+    def __init__(self, host: str, port: int, *, transport: Transport | str = Transport.FRAMED,
+                 settings: ClientSettings | None = None, **overrides: Any) -> None:
+        base = settings or ClientSettings()
+        fields = {**base.__dict__, "transport": Transport(transport) if settings is None else base.transport,
+                  **overrides}
+        self.settings = ClientSettings(**fields)
+        self.host, self.port = host, port
+        self._conns: list[_Connection] = []
+        self._opening = 0
+        self._slots = asyncio.Semaphore(self.settings.pool_size * self.settings.pipeline)
+        self._infos: dict[str, bytes] = {}
+        self._closed = False
+
+    async def __aenter__(self) -> ChatClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        self._closed = True
+        for conn in self._conns:
+            conn.close()
+        self._conns.clear()
+
+    async def send(self, chat: str, text: str, sender: str) -> Any:
+        """IMService.Send; returns the SendResponse (check ``Code``). Never retried."""
+        req = SendRequest(message=Message(Chat=chat, Text=text, Sender=sender, SendTime=0))
+        return await self.call("Send", IMService.Send_args(req=req))
+
+    async def pull(self, chat: str, cursor: int = 0, limit: int = 10, reverse: bool = False) -> Any:
+        """IMService.Pull; returns the PullResponse. Retried once on a fresh connection."""
+        req = PullRequest(Chat=chat, Cursor=cursor, Limit=limit, Reverse=reverse)
+        return await self.call("Pull", IMService.Pull_args(req=req), idempotent=True)
+
+    async def call(self, method: str, args: Any, *, idempotent: bool = False) -> Any:
+        """Call ``method`` and return the reply's ``success`` value."""
+        try:
+            return await self._call_once(method, args)
+        except RPCConnectError:
+            if not idempotent or self._closed:
+                raise
+            log.info("retrying %s once on a fresh connection", method)
+            return await self._call_once(method, args)
+
+    async def _call_once(self, method: str, args: Any) -> Any:
+        result_cls = getattr(IMService, method + "_result")
+        conn: _Connection | None = None
+        seqid = 0
+        try:
+            async with asyncio.timeout(self.settings.call_timeout):
+                async with self._slots:
+                    conn = await self._connection()
+                    seqid, fut = conn.send(method, args, result_cls)
+                    result = await fut
+        except TimeoutError:
+            if conn is not None and seqid:
+                conn.abandon(seqid)
+            raise RPCTimeout(f"{method}: no reply within {self.settings.call_timeout}s") from None
+        if result.success is None:
+            raise RPCProtocolError(f"{method}: reply has no result")
+        return result.success
+
+    async def _connection(self) -> _Connection:
+        """The least busy live connection, dialling a new one while the pool has room."""
+        self._conns = [c for c in self._conns if not c.broken]
+        best = min(self._conns, key=lambda c: c.in_flight, default=None)
+        if best is not None and (best.in_flight == 0 or len(self._conns) + self._opening >= self.settings.pool_size):
+            return best
+        self._opening += 1
+        try:
+            conn = await self._dial()
+        finally:
+            self._opening -= 1
+        if self._closed:
+            conn.close()
+            raise RPCConnectError("client closed")
+        self._conns.append(conn)
+        return conn
+
+    async def _dial(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.settings.connect_timeout):
+                _, conn = await loop.create_connection(lambda: _Connection(self), self.host, self.port)
+        except TimeoutError:
+            raise RPCConnectError(f"connect to {self.host}:{self.port} timed out") from None
+        except OSError as exc:
+            raise RPCConnectError(f"cannot connect to {self.host}:{self.port}: {exc.strerror or exc}") from None
+        return conn
+
+    def header_info(self, method: str) -> bytes:
+        """TTHeader info for ``method``: Kitex's service name, method and RPC timeout keys."""
+        info = self._infos.get(method)
+        if info is None:
+            timeout_ms = str(int(self.settings.call_timeout * 1000))
+            info = framing.encode_info(strings={"isn": "IMService"},
+                                       ints={framing.TO_METHOD: method, framing.RPC_TIMEOUT: timeout_ms})
+            self._infos[method] = info
+        return info

@@ -1,0 +1,1 @@
+"""gateway: the HTTP API of the chat service (aiohttp), calling chatsvc over Thrift."""

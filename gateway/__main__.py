@@ -1,0 +1,48 @@
+"""``python -m gateway``: run the HTTP API."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from chatsvc import config
+from gateway.app import create_app
+from gateway.settings import GatewaySettings
+
+ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs'
+
+
+def new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    settings = config.load(GatewaySettings, argv, prog="python -m gateway")
+    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    host, port = settings.chatsvc
+    logging.getLogger("gateway").info("gateway on http://%s:%d -> chatsvc %s:%d (%s)", settings.host,
+                                      settings.port, host, port, settings.chatsvc_transport)
+    web.run_app(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        access_log=logging.getLogger("gateway.access") if settings.access_log else None,
+        access_log_format=ACCESS_LOG_FORMAT,
+        shutdown_timeout=settings.drain_timeout,
+        print=None,
+        loop=new_loop(),
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""The gateway's application factory: routes, error rendering and the chatsvc client's lifetime."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+
+from chatsvc.client import ChatClient
+from chatsvc.errors import ChatError
+from gateway import handlers
+from gateway.errors import error_response
+from gateway.keys import CHATSVC, SETTINGS
+from gateway.settings import GatewaySettings
+
+log = logging.getLogger("gateway")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Render every failure as ``{"status": "error", "code": N, "message": ...}``."""
+    try:
+        return await handler(request)
+    except ChatError as exc:
+        return error_response(exc.http_status, exc.message)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        message = exc.reason if exc.status != 413 else (
+            f"request body too large (limit {request.app[SETTINGS].max_body_bytes} bytes)")
+        return error_response(exc.status, message)
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(500, "internal error")
+
+
+async def chatsvc_client(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    host, port = settings.chatsvc
+    async with ChatClient(host, port, settings=settings.client) as client:
+        app[CHATSVC] = client
+        yield
+
+
+def create_app(settings: GatewaySettings) -> web.Application:
+    app = web.Application(middlewares=[errors_middleware], client_max_size=settings.max_body_bytes)
+    app[SETTINGS] = settings
+    app.cleanup_ctx.append(chatsvc_client)
+    app.router.add_get("/ping", handlers.ping)
+    app.router.add_post("/api/send", handlers.send)
+    app.router.add_get("/api/pull", handlers.pull)
+    return app

@@ -1,0 +1,136 @@
+"""Request binding with Go's ``encoding/json`` rules, as the Hertz gateway bound its structs.
+
+Object keys match field names case-insensitively (an exact match wins; with duplicates the last
+one wins), unknown keys are ignored, ``null`` leaves the zero value, and types are strict: a
+string where a number belongs, a float, an out-of-range integer or a non-boolean ``reverse`` is a
+400. The business rules (chat shape, limits) are chatsvc's; this module only checks types.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from gateway.errors import BadRequest
+
+INT32 = (-(2**31), 2**31 - 1)
+INT64 = (-(2**63), 2**63 - 1)
+_INT_RE = re.compile(r"[+-]?\d{1,20}")
+_BOOLS = {"true": True, "1": True, "false": False, "0": False}
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    kind: type
+    bounds: tuple[int, int] | None = None
+
+
+SEND_FIELDS = (Field("chat", str), Field("text", str), Field("sender", str))
+PULL_FIELDS = (Field("chat", str), Field("cursor", int, INT64), Field("limit", int, INT32),
+               Field("reverse", bool))
+
+
+@dataclass(frozen=True)
+class SendInput:
+    chat: str = ""
+    text: str = ""
+    sender: str = ""
+
+
+@dataclass(frozen=True)
+class PullInput:
+    chat: str = ""
+    cursor: int = 0
+    limit: int = 0
+    reverse: bool = False
+
+
+def parse_body(body: bytes) -> dict[str, Any]:
+    """A JSON object, or {} for an empty body."""
+    if not body.strip():
+        return {}
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"malformed JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise BadRequest("request body must be a JSON object")
+    return value
+
+
+def _match(key: str, fields: tuple[Field, ...]) -> Field | None:
+    for f in fields:
+        if key == f.name:
+            return f
+    folded = key.casefold()
+    for f in fields:
+        if folded == f.name.casefold():
+            return f
+    return None
+
+
+def _check(f: Field, key: str, value: Any) -> Any:
+    if f.kind is bool:
+        ok = isinstance(value, bool)
+    elif f.kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, f.kind)
+    if not ok:
+        raise BadRequest(f'field "{key}" must be {_kind_name(f)}')
+    if f.bounds is not None and not f.bounds[0] <= value <= f.bounds[1]:
+        raise BadRequest(f'field "{key}" is out of range for {_kind_name(f)}')
+    return value
+
+
+def _kind_name(f: Field) -> str:
+    if f.kind is int:
+        return "an int32" if f.bounds == INT32 else "an int64"
+    return {str: "a string", bool: "a boolean"}[f.kind]
+
+
+def bind(obj: Mapping[str, Any], fields: tuple[Field, ...]) -> dict[str, Any]:
+    """Field values from a decoded JSON object, keyed by the canonical field names."""
+    out: dict[str, Any] = {}
+    for key, value in obj.items():
+        f = _match(key, fields)
+        if f is None or value is None:
+            continue
+        out[f.name] = _check(f, key, value)
+    return out
+
+
+def query_values(query: Mapping[str, str], fields: tuple[Field, ...]) -> dict[str, Any]:
+    """The same fields from a query string (``?chat=a:b&cursor=0&limit=20&reverse=true``)."""
+    out: dict[str, Any] = {}
+    for key, raw in query.items():
+        f = _match(key, fields)
+        if f is None:
+            continue
+        if f.kind is str:
+            out[f.name] = raw
+        elif f.kind is bool:
+            if raw.lower() not in _BOOLS:
+                raise BadRequest(f'query parameter "{key}" must be true, false, 1 or 0')
+            out[f.name] = _BOOLS[raw.lower()]
+        else:
+            if not _INT_RE.fullmatch(raw):
+                raise BadRequest(f'query parameter "{key}" must be an integer')
+            out[f.name] = _check(f, key, int(raw))
+    return out
+
+
+def bind_send(body: bytes) -> SendInput:
+    return SendInput(**bind(parse_body(body), SEND_FIELDS))
+
+
+def bind_pull(body: bytes, query: Mapping[str, str]) -> PullInput:
+    """Query parameters, overridden by the JSON body where both give a field."""
+    values = query_values(query, PULL_FIELDS)
+    values.update(bind(parse_body(body), PULL_FIELDS))
+    return PullInput(**values)

@@ -1,0 +1,50 @@
+"""HTTP handlers: bind the request, make one chatsvc call, shape the JSON reply."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from chatsvc import errors
+from chatsvc.client import RPCError
+from gateway import binding
+from gateway.errors import from_rpc, json_response
+from gateway.keys import CHATSVC
+
+_SUCCESS = {"status": "success"}
+
+
+async def ping(request: web.Request) -> web.Response:
+    return json_response({"message": "pong"})
+
+
+async def send(request: web.Request) -> web.Response:
+    data = binding.bind_send(await request.read())
+    client = request.app[CHATSVC]
+    try:
+        reply = await client.send(data.chat, data.text, data.sender)
+    except RPCError as exc:
+        raise from_rpc(exc) from exc
+    _check(reply)
+    return json_response(_SUCCESS)
+
+
+async def pull(request: web.Request) -> web.Response:
+    data = binding.bind_pull(await request.read(), request.query)
+    client = request.app[CHATSVC]
+    try:
+        reply = await client.pull(data.chat, data.cursor, data.limit, data.reverse)
+    except RPCError as exc:
+        raise from_rpc(exc) from exc
+    _check(reply)
+    messages = [{"chat": m.Chat, "text": m.Text, "sender": m.Sender, "send_time": m.SendTime}
+                for m in reply.Messages or ()]
+    return json_response({"messages": messages, "has_more": bool(reply.HasMore),
+                          "next_cursor": reply.NextCursor or 0})
+
+
+def _check(reply: Any) -> None:
+    """Raise the domain error for a non-zero in-band Code."""
+    if reply.Code != errors.OK:
+        raise errors.from_code(reply.Code or 500, reply.Msg or "")

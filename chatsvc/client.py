@@ -180,6 +180,7 @@ class ChatClient:
         self.host, self.port = host, port
         self._conns: list[_Connection] = []
         self._opening = 0
+        self._dialled = asyncio.Condition()  # notified whenever a dial ends
         self._slots = asyncio.Semaphore(self.settings.pool_size * self.settings.pipeline)
         self._infos: dict[str, bytes] = {}
         self._closed = False
@@ -236,20 +237,30 @@ class ChatClient:
 
     async def _connection(self) -> _Connection:
         """The least busy live connection, dialling a new one while the pool has room."""
-        self._conns = [c for c in self._conns if not c.broken]
-        best = min(self._conns, key=lambda c: c.in_flight, default=None)
-        if best is not None and (best.in_flight == 0 or len(self._conns) + self._opening >= self.settings.pool_size):
-            return best
+        while True:
+            self._conns = [c for c in self._conns if not c.broken]
+            best = min(self._conns, key=lambda c: c.in_flight, default=None)
+            room = len(self._conns) + self._opening < self.settings.pool_size
+            if best is not None and (best.in_flight == 0 or not room):
+                return best
+            if room:
+                return await self._open()
+            async with self._dialled:  # every slot is being dialled: wait for one
+                await self._dialled.wait()
+
+    async def _open(self) -> _Connection:
         self._opening += 1
         try:
             conn = await self._dial()
+            if self._closed:
+                conn.close()
+                raise RPCConnectError("client closed")
+            self._conns.append(conn)
+            return conn
         finally:
             self._opening -= 1
-        if self._closed:
-            conn.close()
-            raise RPCConnectError("client closed")
-        self._conns.append(conn)
-        return conn
+            async with self._dialled:
+                self._dialled.notify_all()
 
     async def _dial(self) -> _Connection:
         loop = asyncio.get_running_loop()

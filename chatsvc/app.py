@@ -23,7 +23,8 @@ async def running(settings: ChatsvcSettings) -> AsyncIterator[ThriftServer]:
     """A started chatsvc; leaving the block drains calls in flight and closes Redis."""
     storage = RedisStorage.from_url(settings.redis_url, pool_size=settings.redis_pool_size,
                                     timeout=settings.redis_timeout,
-                                    connect_timeout=settings.redis_connect_timeout)
+                                    connect_timeout=settings.redis_connect_timeout,
+                                    batch=settings.redis_batch)
     handler = IMServiceHandler(ChatService(storage, settings.limits))
     limits = ServerLimits(settings.wire_limits, settings.max_connections, settings.max_pipeline,
                           settings.idle_timeout)

@@ -40,6 +40,7 @@ class ChatsvcSettings:
     redis_pool_size: int = setting(64, "REDIS_POOL_SIZE", "max Redis connections")
     redis_timeout: float = setting(2.0, "REDIS_TIMEOUT", "seconds per Redis command")
     redis_connect_timeout: float = setting(1.0, "REDIS_CONNECT_TIMEOUT", "seconds to connect")
+    redis_batch: bool = setting(True, "REDIS_BATCH", "pipeline concurrent calls' Redis commands")
     default_limit: int = setting(10, "CHATSVC_DEFAULT_LIMIT", "pull page size when Limit is 0")
     max_limit: int = setting(100, "CHATSVC_MAX_LIMIT", "larger pull limits are clamped to this")
     max_member_bytes: int = setting(64, "CHATSVC_MAX_MEMBER_BYTES", "max UTF-8 bytes of a name")

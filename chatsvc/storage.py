@@ -7,13 +7,16 @@ Cluster hash tag. An entry's id is ``<send_time>-0`` (send_time in microseconds)
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
+from chatsvc.batching import CommandBatcher
 from chatsvc.errors import StorageUnavailable
 
 # send_time = max(Redis clock in µs, last send_time + 1), assigned atomically with the write so
@@ -31,6 +34,7 @@ local id = string.format('%.0f', now)
 redis.call('XADD', KEYS[1], id .. '-0', 's', ARGV[1], 'x', ARGV[2])
 return id
 """
+SEND_SCRIPT_SHA = hashlib.sha1(SEND_SCRIPT.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -47,12 +51,13 @@ def chat_key(canonical_chat: str) -> str:
 class RedisStorage:
     """Append and range-read chat messages in Redis."""
 
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: aioredis.Redis, batch: bool = True) -> None:
         self._redis = client
-        self._send = client.register_script(SEND_SCRIPT)
+        self._batcher = CommandBatcher(client) if batch else None
 
     @classmethod
-    def from_url(cls, url: str, *, pool_size: int, timeout: float, connect_timeout: float) -> RedisStorage:
+    def from_url(cls, url: str, *, pool_size: int, timeout: float, connect_timeout: float,
+                 batch: bool = True) -> RedisStorage:
         # No automatic retries: a retried script could store a message twice.
         pool = aioredis.BlockingConnectionPool.from_url(
             url,
@@ -63,10 +68,18 @@ class RedisStorage:
             retry=Retry(NoBackoff(), 0),
             decode_responses=True,
         )
-        return cls(aioredis.Redis(connection_pool=pool))
+        return cls(aioredis.Redis(connection_pool=pool), batch)
 
     async def close(self) -> None:
+        if self._batcher is not None:
+            await self._batcher.close()
         await self._redis.aclose()
+
+    async def _command(self, *args: Any) -> Any:
+        """One command, through the batcher (automatic pipelining) when it is on."""
+        if self._batcher is not None:
+            return await self._batcher.execute(*args)
+        return await self._redis.execute_command(*args)
 
     async def ping(self) -> bool:
         try:
@@ -76,8 +89,13 @@ class RedisStorage:
 
     async def append(self, chat: str, sender: str, text: str) -> int:
         """Store a message in ``chat``; returns its send_time (µs)."""
+        args = ("EVALSHA", SEND_SCRIPT_SHA, 1, chat_key(chat), sender, text)
         try:
-            send_time = await self._send(keys=[chat_key(chat)], args=[sender, text])
+            try:
+                send_time = await self._command(*args)
+            except NoScriptError:  # not executed: safe to load the script and run it once more
+                await self._redis.script_load(SEND_SCRIPT)
+                send_time = await self._command(*args)
         except (RedisError, OSError) as exc:
             raise StorageUnavailable(type(exc).__name__) from exc
         return int(send_time)
@@ -91,9 +109,9 @@ class RedisStorage:
         key = chat_key(chat)
         try:
             if reverse:
-                entries = await self._redis.xrevrange(key, str(cursor) if cursor else "+", "-", count)
+                entries = await self._command("XREVRANGE", key, str(cursor) if cursor else "+", "-", "COUNT", count)
             else:
-                entries = await self._redis.xrange(key, str(cursor), "+", count)
+                entries = await self._command("XRANGE", key, str(cursor), "+", "COUNT", count)
         except (RedisError, OSError) as exc:
             raise StorageUnavailable(type(exc).__name__) from exc
         return [StoredMessage(f["s"], f["x"], int(eid.partition("-")[0])) for eid, f in entries]

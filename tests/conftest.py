@@ -9,10 +9,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import hypothesis  # noqa: F401 - see below
 import pytest
 import redis
 
 from tests.procs import Proc, start_chatsvc, start_gateway, start_redis
+
+# hypothesis is imported up front: its pytest plugin otherwise imports it at the end of the session,
+# where CPython 3.11.7's parser can fail with "AST constructor recursion depth mismatch"
+# (gh-106905, fixed in 3.11.8) after tests that ran deep asyncio call chains.
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,7 @@ from chatsvc.settings import WireLimits
 from chatsvc.wire import codec, framing
 from chatsvc.wire.framing import Transport
 from chatsvc.wire.idl import IMService, Message, PullRequest, SendRequest
-from chatsvc.wire.scan import ProtocolError, read_head
+from chatsvc.wire.scan import MessageHead, ProtocolError, read_head
 
 log = logging.getLogger("chatsvc.client")
 
@@ -142,18 +142,31 @@ class _Connection(asyncio.Protocol):
                 raise RPCProtocolError(f"server error: {exc.message}")
             raise RPCProtocolError(f"reply with unexpected seqid {head.seqid}")
         method, result_cls, fut = entry
+        try:
+            outcome = self._outcome(frame.payload, head, method, result_cls)
+        except (ProtocolError, RPCProtocolError) as exc:
+            if not fut.done():
+                fut.set_exception(RPCProtocolError(str(exc)))
+            raise
+        if fut.done():
+            return
+        if isinstance(outcome, RPCApplicationError):
+            fut.set_exception(outcome)
+        else:
+            fut.set_result(outcome)
+
+    @staticmethod
+    def _outcome(payload: bytes, head: MessageHead, method: str, result_cls: Any) -> Any:
+        """The decoded result struct, or the RPCApplicationError the server sent instead."""
         if head.mtype == codec.EXCEPTION:
             exc = TApplicationException()
-            codec.decode_body(frame.payload, exc)
-            if not fut.done():
-                fut.set_exception(RPCApplicationError(exc.message or "application error", exc.type or 0))
-            return
+            codec.decode_body(payload, exc)
+            return RPCApplicationError(exc.message or "application error", exc.type or 0)
         if head.mtype != codec.REPLY or head.name != method:
             raise RPCProtocolError(f"expected a reply to {method}, got type {head.mtype} for {head.name!r}")
         result = result_cls()
-        codec.decode_body(frame.payload, result)
-        if not fut.done():
-            fut.set_result(result)
+        codec.decode_body(payload, result)
+        return result
 
     def _fail(self, exc: RPCError) -> None:
         self.broken = True

@@ -79,7 +79,7 @@ class RedisStorage:
         """One command, through the batcher (automatic pipelining) when it is on."""
         if self._batcher is not None:
             return await self._batcher.execute(*args)
-        return await self._redis.execute_command(*args)
+        return await self._redis.execute_command(*args)  # type: ignore[no-untyped-call]
 
     async def ping(self) -> bool:
         try:

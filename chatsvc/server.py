@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +47,7 @@ class ThriftServer:
         self.handler = handler
         self.limits = limits
         self.connections: set[_Connection] = set()
+        self.stopping = False
         self._server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int) -> asyncio.Server:
@@ -58,12 +60,24 @@ class ThriftServer:
         return list(self._server.sockets) if self._server else []
 
     async def close(self, drain_timeout: float = 5.0) -> None:
-        """Stop accepting, let calls in flight finish (up to ``drain_timeout``), close the rest."""
+        """Stop accepting and reading new calls; answer the calls already read (up to
+        ``drain_timeout``), then close every connection."""
+        self.stopping = True
         if self._server is not None:
             self._server.close()
-        pending = [t for conn in self.connections for t in conn.tasks]
-        if pending:
-            await asyncio.wait(pending, timeout=drain_timeout)
+        for conn in self.connections:
+            conn.stop_reading()
+        deadline = asyncio.get_running_loop().time() + drain_timeout
+        while any(conn.busy for conn in self.connections):
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                log.warning("drain timeout: closing connections with calls in flight")
+                break
+            pending = [t for conn in self.connections for t in conn.tasks]
+            if pending:
+                await asyncio.wait(pending, timeout=left)
+            else:
+                await asyncio.sleep(0.01)  # replies are queued for the next loop pass
         for conn in list(self.connections):
             conn.close()
         if self._server is not None:
@@ -83,11 +97,20 @@ class ThriftServer:
         if frame.header is not None and log.isEnabledFor(logging.DEBUG):
             _log_header(head.name, frame.header)
         method = getattr(self.handler, head.name)
+        call_args = [getattr(args, spec[1]) for spec in args.thrift_spec.values()]
+        deadline = _deadline(frame.header)
         try:
-            async with asyncio.timeout(_deadline(frame.header)):
-                result = await method(*[getattr(args, spec[1]) for spec in args.thrift_spec.values()])
+            if deadline is None:
+                result = await method(*call_args)
+            else:
+                async with asyncio.timeout(deadline):
+                    result = await method(*call_args)
         except TimeoutError:
             return self._exception(frame, head.name, head.seqid, "deadline exceeded (RPCTimeout)",
+                                   TApplicationException.INTERNAL_ERROR)
+        except Exception as exc:  # a bug in a handler: Kitex answers INTERNAL_ERROR and keeps the connection
+            log.exception("handler %s failed", head.name)
+            return self._exception(frame, head.name, head.seqid, f"internal error: {type(exc).__name__}",
                                    TApplicationException.INTERNAL_ERROR)
         payload = codec.encode(head.name, codec.REPLY, head.seqid,
                                getattr(self.service, head.name + "_result")(success=result))
@@ -126,17 +149,33 @@ def _log_header(method: str, header: Header) -> None:
               header.ints.get(framing.FROM_METHOD, "-"), header.ints.get(framing.LOG_ID, "-"))
 
 
+class _Slot:
+    """A call's place in its connection's reply order; ``reply`` is set when it is ready."""
+
+    __slots__ = ("reply",)
+
+    def __init__(self, reply: Reply | None = None) -> None:
+        self.reply = reply
+
+
 class _Connection(asyncio.Protocol):
     def __init__(self, server: ThriftServer) -> None:
         self.server = server
         self.reader = framing.FrameReader(server.limits.wire)
         self.tasks: set[asyncio.Task[None]] = set()
         self.transport: asyncio.Transport | None = None
-        self._tail: asyncio.Future[None] | None = None  # completes when the last reply is written
+        self._slots: deque[_Slot] = deque()  # calls whose replies are not written yet, in order
+        self._waiting: deque[tuple[Frame, _Slot]] = deque()  # calls over max_pipeline, not started
+        self._out: list[bytes] = []  # replies ready to write, flushed once per loop iteration
+        self._flush_scheduled = False
         self._paused = False
         self._closing = False
         self._last_active = time.monotonic()
         self._idle: asyncio.TimerHandle | None = None
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._slots)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
@@ -149,6 +188,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
+        self._waiting.clear()
         self.server.connections.discard(self)
         if self._idle is not None:
             self._idle.cancel()
@@ -156,9 +196,18 @@ class _Connection(asyncio.Protocol):
     def close(self) -> None:
         self._closing = True
         if self.transport is not None:
+            self._flush()
             self.transport.close()
 
+    def stop_reading(self) -> None:
+        """Take no new calls (shutdown); calls already read are still answered."""
+        if self.transport is not None and not self._paused and not self._closing:
+            self._paused = True
+            self.transport.pause_reading()
+
     def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
         self._last_active = time.monotonic()
         try:
             frames = self.reader.feed(data)
@@ -173,65 +222,71 @@ class _Connection(asyncio.Protocol):
     def _fail(self, exc: ProtocolError) -> None:
         """Answer a broken stream with PROTOCOL_ERROR (unless it is not Thrift at all), then close."""
         log.info("closing connection: %s", exc)
-        if not isinstance(exc, framing.Refused):
-            self._after_tail(self.server.protocol_error(self.reader.last_transport, str(exc)))
-        self._closing = True
-        self._after_tail(None)
-
-    def _after_tail(self, data: bytes | None) -> None:
-        """Write ``data`` (or close, for None) once every earlier reply is out."""
-        prev = self._tail
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._tail = done
-        self._track(self._write_after(prev, done, Reply(data or b"", close=data is None)))
+        data = b"" if isinstance(exc, framing.Refused) else self.server.protocol_error(
+            self.reader.last_transport, str(exc))
+        self._waiting.clear()
+        self._slots.append(_Slot(Reply(data, close=True)))
+        self._closing = True  # read nothing more; write what is owed, then close
+        self._emit_ready()
 
     def _dispatch(self, frame: Frame) -> None:
-        prev = self._tail
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._tail = done
-        self._track(self._serve(frame, prev, done))
-        if len(self.tasks) >= self.server.limits.max_pipeline and not self._paused and self.transport:
+        slot = _Slot()
+        self._slots.append(slot)
+        if len(self.tasks) < self.server.limits.max_pipeline:
+            self._start(frame, slot)
+            return
+        self._waiting.append((frame, slot))
+        if not self._paused and self.transport is not None:
             self._paused = True
             self.transport.pause_reading()
 
-    def _track(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
+    def _start(self, frame: Frame, slot: _Slot) -> None:
+        task = asyncio.get_running_loop().create_task(self._serve(frame, slot))
         self.tasks.add(task)
         task.add_done_callback(self._task_done)
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)
         self._last_active = time.monotonic()
-        if self._paused and len(self.tasks) < self.server.limits.max_pipeline and self.transport:
+        while self._waiting and len(self.tasks) < self.server.limits.max_pipeline:
+            self._start(*self._waiting.popleft())
+        if self._paused and not self._waiting and not self._closing and not self.server.stopping:
             self._paused = False
-            if not self._closing:
+            if self.transport is not None:
                 self.transport.resume_reading()
 
-    async def _serve(self, frame: Frame, prev: asyncio.Future[None] | None, done: asyncio.Future[None]) -> None:
+    async def _serve(self, frame: Frame, slot: _Slot) -> None:
         try:
-            reply = await self.server.call(frame)
+            slot.reply = await self.server.call(frame)
         except ProtocolError as exc:
             log.info("undecodable message: %s", exc)
-            reply = Reply(self.server.protocol_error(frame.transport, str(exc)), close=True)
-        except Exception:
-            log.exception("unexpected error serving a call")
-            reply = Reply(self.server.protocol_error(frame.transport, "internal error"), close=True)
-        await self._write_after(prev, done, reply)
+            slot.reply = Reply(self.server.protocol_error(frame.transport, str(exc)), close=True)
+        self._emit_ready()
 
-    async def _write_after(self, prev: asyncio.Future[None] | None, done: asyncio.Future[None], reply: Reply) -> None:
-        try:
-            if prev is not None and not prev.done():
-                await prev
-            transport = self.transport
-            if transport is None or transport.is_closing():
-                return
+    def _emit_ready(self) -> None:
+        """Queue every reply that is next in order; write them together at the end of this loop pass."""
+        slots = self._slots
+        while slots and slots[0].reply is not None:
+            reply = slots.popleft().reply
             if reply.data:
-                transport.write(reply.data)
+                self._out.append(reply.data)
             if reply.close:
-                self._closing = True
-                transport.close()
-        finally:
-            done.set_result(None)
+                slots.clear()
+                self._waiting.clear()
+                self.close()
+                return
+        if self._out and not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if not self._out:
+            return
+        data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
+        self._out.clear()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
 
     def _schedule_idle(self, delay: float) -> None:
         self._idle = asyncio.get_running_loop().call_later(delay, self._check_idle)
@@ -240,8 +295,8 @@ class _Connection(asyncio.Protocol):
         """Close a connection with no call in flight and no bytes for ``idle_timeout``."""
         idle = time.monotonic() - self._last_active
         timeout = self.server.limits.idle_timeout
-        if not self.tasks and idle >= timeout:
+        if not self.busy and idle >= timeout:
             log.info("closing idle connection")
             self.close()
         else:
-            self._schedule_idle(max(timeout - idle, 0.05) if not self.tasks else timeout)
+            self._schedule_idle(max(timeout - idle, 0.05) if not self.busy else timeout)

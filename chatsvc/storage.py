@@ -73,7 +73,7 @@ class RedisStorage:
     async def close(self) -> None:
         if self._batcher is not None:
             await self._batcher.close()
-        await self._redis.aclose()
+        await self._redis.aclose(close_connection_pool=True)
 
     async def _command(self, *args: Any) -> Any:
         """One command, through the batcher (automatic pipelining) when it is on."""

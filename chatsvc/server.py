@@ -268,6 +268,7 @@ class _Connection(asyncio.Protocol):
         slots = self._slots
         while slots and slots[0].reply is not None:
             reply = slots.popleft().reply
+            assert reply is not None
             if reply.data:
                 self._out.append(reply.data)
             if reply.close:

@@ -15,6 +15,8 @@ class GatewaySettings:
 
     host: str = setting("0.0.0.0", "GATEWAY_HOST", "address to listen on")
     port: int = setting(8080, "GATEWAY_PORT", "HTTP port to listen on")
+    workers: int = setting(1, "GATEWAY_WORKERS", "worker processes sharing the port (SO_REUSEPORT)")
+    reuse_port: bool = setting(False, "GATEWAY_REUSE_PORT", "bind with SO_REUSEPORT")
     chatsvc_addr: str = setting("127.0.0.1:8888", "CHATSVC_ADDR", "chatsvc host:port")
     chatsvc_transport: str = setting("framed", "CHATSVC_TRANSPORT",
                                      "buffered, framed, ttheader or ttheader_framed")
@@ -32,7 +34,7 @@ class GatewaySettings:
             raise ValueError(f"port out of range: {self.port}")
         parse_addr(self.chatsvc_addr, 8888)
         Transport(self.chatsvc_transport)
-        for name in ("pool_size", "pipeline", "max_body_bytes"):
+        for name in ("workers", "pool_size", "pipeline", "max_body_bytes"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         if self.connect_timeout <= 0 or self.call_timeout <= 0:

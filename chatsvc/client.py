@@ -28,7 +28,8 @@ from chatsvc.settings import WireLimits
 from chatsvc.wire import codec, framing
 from chatsvc.wire.framing import Transport
 from chatsvc.wire.idl import IMService, Message, PullRequest, SendRequest
-from chatsvc.wire.scan import MessageHead, ProtocolError, read_head
+from chatsvc.wire.scan import MessageHead, ProtocolError
+from chatsvc.wire.writer import CoalescingWriter
 
 log = logging.getLogger("chatsvc.client")
 
@@ -75,21 +76,26 @@ class ClientSettings:
 _seqids = itertools.count(1)
 
 
+def _expire(fut: asyncio.Future[Any]) -> None:
+    if not fut.done():
+        fut.set_exception(TimeoutError())
+
+
 def _next_seqid() -> int:
     """Process-wide seqids, 1 to 2**31-1 and never 0, as Kitex numbers them."""
     seqid = next(_seqids) % 0x7FFFFFFF
     return seqid or _next_seqid()
 
 
-class _Connection(asyncio.Protocol):
+class _Connection(CoalescingWriter, asyncio.Protocol):
     """One TCP connection; calls in flight are matched to replies by seqid."""
 
     def __init__(self, client: ChatClient) -> None:
+        super().__init__()
         self._client = client
         self._reader = framing.FrameReader(client.settings.wire)
         self._pending: dict[int, tuple[str, Any, asyncio.Future[Any]]] = {}
         self._abandoned: set[int] = set()  # seqids of calls that timed out; their replies are dropped
-        self.transport: asyncio.Transport | None = None
         self.broken = False
 
     @property
@@ -108,8 +114,7 @@ class _Connection(asyncio.Protocol):
         self._pending[seqid] = (method, result_cls, fut)
         payload = codec.encode(method, codec.CALL, seqid, args)
         info = self._client.header_info(method)
-        assert self.transport is not None
-        self.transport.write(framing.wrap(self._client.settings.transport, payload, seqid, info))
+        self.write_soon(framing.wrap(self._client.settings.transport, payload, seqid, info))
         return seqid, fut
 
     def abandon(self, seqid: int) -> None:
@@ -130,7 +135,7 @@ class _Connection(asyncio.Protocol):
         if frame.transport is not self._client.settings.transport:
             raise RPCProtocolError(f"reply framed as {frame.transport.value}, expected "
                                    f"{self._client.settings.transport.value}")
-        head, _ = read_head(frame.payload, 0, len(frame.payload))
+        head = frame.head
         entry = self._pending.pop(head.seqid, None)
         if entry is None:
             if head.seqid in self._abandoned:
@@ -231,22 +236,57 @@ class ChatClient:
             return await self._call_once(method, args)
 
     async def _call_once(self, method: str, args: Any) -> Any:
-        result_cls = getattr(IMService, method + "_result")
-        conn: _Connection | None = None
-        seqid = 0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.call_timeout
         try:
-            async with asyncio.timeout(self.settings.call_timeout):
-                async with self._slots:
-                    conn = await self._connection()
-                    seqid, fut = conn.send(method, args, result_cls)
-                    result = await fut
+            if self._slots.locked():  # every slot busy: wait, within the call's time
+                async with asyncio.timeout_at(deadline):
+                    await self._slots.acquire()
+            else:
+                await self._slots.acquire()
         except TimeoutError:
-            if conn is not None and seqid:
-                conn.abandon(seqid)
+            raise RPCTimeout(f"{method}: no free connection within {self.settings.call_timeout}s") from None
+        try:
+            conn = self._idle_connection()
+            if conn is None:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        conn = await self._connection()
+                except TimeoutError:
+                    raise RPCTimeout(f"{method}: no connection within {self.settings.call_timeout}s") from None
+            return await self._exchange(conn, method, args, deadline)
+        finally:
+            self._slots.release()
+
+    async def _exchange(self, conn: _Connection, method: str, args: Any, deadline: float) -> Any:
+        """Send one call on ``conn`` and wait for its reply until ``deadline``."""
+        seqid, fut = conn.send(method, args, getattr(IMService, method + "_result"))
+        timer = asyncio.get_running_loop().call_at(deadline, _expire, fut)
+        try:
+            result = await fut
+        except TimeoutError:
+            conn.abandon(seqid)
             raise RPCTimeout(f"{method}: no reply within {self.settings.call_timeout}s") from None
+        finally:
+            timer.cancel()
         if result.success is None:
             raise RPCProtocolError(f"{method}: reply has no result")
         return result.success
+
+    def _idle_connection(self) -> _Connection | None:
+        """Fast path: a live connection with no call in flight, or any live one if the pool is full."""
+        best = None
+        for conn in self._conns:
+            if conn.broken:
+                continue
+            if conn.in_flight == 0:
+                return conn
+            if best is None or conn.in_flight < best.in_flight:
+                best = conn
+        if best is not None and len(self._conns) + self._opening >= self.settings.pool_size and not any(
+                c.broken for c in self._conns):
+            return best
+        return None
 
     async def _connection(self) -> _Connection:
         """The least busy live connection, dialling a new one while the pool has room."""

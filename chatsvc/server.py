@@ -20,7 +20,8 @@ from thriftpy2.thrift import TApplicationException
 from chatsvc.settings import WireLimits
 from chatsvc.wire import codec, framing
 from chatsvc.wire.framing import Frame, Header, Transport
-from chatsvc.wire.scan import ProtocolError, read_head
+from chatsvc.wire.scan import ProtocolError
+from chatsvc.wire.writer import CoalescingWriter
 
 log = logging.getLogger("chatsvc.server")
 
@@ -85,7 +86,7 @@ class ThriftServer:
 
     async def call(self, frame: Frame) -> Reply:
         """Run one complete message; returns the bytes to write back."""
-        head, _ = read_head(frame.payload, 0, len(frame.payload))
+        head = frame.head
         if head.mtype != codec.CALL:
             return self._exception(frame, head.name, head.seqid, "invalid message type",
                                    TApplicationException.INVALID_MESSAGE_TYPE, close=True)
@@ -158,16 +159,14 @@ class _Slot:
         self.reply = reply
 
 
-class _Connection(asyncio.Protocol):
+class _Connection(CoalescingWriter, asyncio.Protocol):
     def __init__(self, server: ThriftServer) -> None:
+        super().__init__()
         self.server = server
         self.reader = framing.FrameReader(server.limits.wire)
         self.tasks: set[asyncio.Task[None]] = set()
-        self.transport: asyncio.Transport | None = None
         self._slots: deque[_Slot] = deque()  # calls whose replies are not written yet, in order
         self._waiting: deque[tuple[Frame, _Slot]] = deque()  # calls over max_pipeline, not started
-        self._out: list[bytes] = []  # replies ready to write, flushed once per loop iteration
-        self._flush_scheduled = False
         self._paused = False
         self._closing = False
         self._last_active = time.monotonic()
@@ -196,7 +195,7 @@ class _Connection(asyncio.Protocol):
     def close(self) -> None:
         self._closing = True
         if self.transport is not None:
-            self._flush()
+            self.flush()
             self.transport.close()
 
     def stop_reading(self) -> None:
@@ -270,24 +269,12 @@ class _Connection(asyncio.Protocol):
             reply = slots.popleft().reply
             assert reply is not None
             if reply.data:
-                self._out.append(reply.data)
+                self.write_soon(reply.data)
             if reply.close:
                 slots.clear()
                 self._waiting.clear()
                 self.close()
                 return
-        if self._out and not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        if not self._out:
-            return
-        data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
-        self._out.clear()
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
 
     def _schedule_idle(self, delay: float) -> None:
         self._idle = asyncio.get_running_loop().call_later(delay, self._check_idle)

@@ -114,4 +114,11 @@ class RedisStorage:
                 entries = await self._command("XRANGE", key, str(cursor), "+", "COUNT", count)
         except (RedisError, OSError) as exc:
             raise StorageUnavailable(type(exc).__name__) from exc
-        return [StoredMessage(f["s"], f["x"], int(eid.partition("-")[0])) for eid, f in entries]
+        return [_message(eid, fields) for eid, fields in entries]
+
+
+def _message(entry_id: str, fields: Any) -> StoredMessage:
+    """A stream entry, raw (``[k, v, ...]``, from the batcher) or parsed by redis-py (a dict)."""
+    if not isinstance(fields, dict):
+        fields = dict(zip(fields[::2], fields[1::2], strict=True))
+    return StoredMessage(fields["s"], fields["x"], int(entry_id.partition("-")[0]))

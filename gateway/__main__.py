@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 from collections.abc import Sequence
 
 from aiohttp import web
 
-from chatsvc import config
+from chatsvc import config, runtime
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from gateway.workers import supervise
 
 ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs'
-
-
-def new_loop() -> asyncio.AbstractEventLoop:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -35,6 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     host, port = settings.chatsvc
     logging.getLogger("gateway").info("gateway on http://%s:%d -> chatsvc %s:%d (%s)", settings.host,
                                       settings.port, host, port, settings.chatsvc_transport)
+    runtime.tune_gc()
     web.run_app(
         create_app(settings),
         host=settings.host,
@@ -44,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         access_log_format=ACCESS_LOG_FORMAT,
         shutdown_timeout=settings.drain_timeout,
         print=None,
-        loop=new_loop(),
+        loop=runtime.new_event_loop(),
     )
     return 0
 

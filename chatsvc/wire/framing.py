@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 from struct import Struct
 
 from chatsvc.settings import WireLimits
-from chatsvc.wire.scan import VERSION_1, VERSION_MASK, Incomplete, ProtocolError, message_end
+from chatsvc.wire.scan import VERSION_1, VERSION_MASK, Incomplete, MessageHead, ProtocolError, scan_message
 
 _U16 = Struct(">H")
 _U32 = Struct(">I")
+_TWO_U32 = Struct(">II")
 _TTHEADER_FIXED = Struct(">IHHiH")  # length, magic, flags, seqid, header size in words
 
 TTHEADER_MAGIC = 0x1000
@@ -59,18 +60,21 @@ class Header:
 
 @dataclass
 class Frame:
-    """One complete strict-binary message and how it was carried."""
+    """One complete strict-binary message, its message header, and how it was carried."""
 
     transport: Transport
     payload: bytes
+    head: MessageHead
     header: Header | None = None
 
 
-def detect(first8: bytes | bytearray | memoryview) -> Transport:
+def detect(first8: bytes | bytearray | memoryview, pos: int = 0) -> Transport:
     """The transport of a message from its first 8 bytes (TTHeader payloads are sniffed later)."""
-    if bytes(first8[:8]) == HTTP2_PREFACE:
+    if pos:
+        first8 = memoryview(first8)[pos : pos + 8]
+    first4, second4 = _TWO_U32.unpack_from(first8, 0)
+    if first4 == 0x50524920 and bytes(first8[:8]) == HTTP2_PREFACE:  # "PRI "
         raise Refused("HTTP/2 is not supported")
-    first4, second4 = _U32.unpack_from(first8, 0)[0], _U32.unpack_from(first8, 4)[0]
     if second4 & 0xFFFF0000 == TTHEADER_MAGIC << 16:
         return Transport.TTHEADER
     if first4 & VERSION_MASK == VERSION_1:
@@ -130,14 +134,14 @@ class FrameReader:
         return frames
 
     def _next(self, buf: bytearray, pos: int) -> tuple[Frame, int]:
-        transport = detect(memoryview(buf)[pos : pos + 8])
+        transport = detect(buf, pos)
         self.last_transport = transport
         if transport is Transport.BUFFERED:
-            end = message_end(buf, pos, len(buf), self._limits)
-            return Frame(transport, bytes(buf[pos:end])), end
+            head, end = scan_message(buf, pos, len(buf), self._limits)
+            return Frame(transport, bytes(buf[pos:end]), head), end
         if transport is Transport.FRAMED:
             start, end = self._frame_bounds(buf, pos, len(buf))
-            return Frame(transport, self._whole_message(buf, start, end)), end
+            return Frame(transport, *self._whole_message(buf, start, end)), end
         return self._ttheader(buf, pos)
 
     def _frame_bounds(self, buf: bytearray, pos: int, limit: int) -> tuple[int, int]:
@@ -151,15 +155,15 @@ class FrameReader:
             raise Incomplete(end)
         return pos + 4, end
 
-    def _whole_message(self, buf: bytearray, start: int, end: int) -> bytes:
-        """The frame's payload, which must be exactly one complete message."""
+    def _whole_message(self, buf: bytearray, start: int, end: int) -> tuple[bytes, MessageHead]:
+        """The frame's payload, which must be exactly one complete message, and its header."""
         try:
-            stop = message_end(buf, start, end, self._limits)
+            head, stop = scan_message(buf, start, end, self._limits)
         except Incomplete:
             raise ProtocolError("truncated message in frame") from None
         if stop != end:
             raise ProtocolError(f"{end - stop} trailing bytes after the message in a frame")
-        return bytes(buf[start:end])
+        return bytes(buf[start:end]), head
 
     def _ttheader(self, buf: bytearray, pos: int) -> tuple[Frame, int]:
         lim = self._limits
@@ -179,14 +183,15 @@ class FrameReader:
         start = pos + 14 + hbytes
         if end - start < 8:
             raise ProtocolError("TTHeader payload too short")
-        if detect(memoryview(buf)[start : start + 8]) is Transport.FRAMED:
+        inner = detect(buf, start)
+        if inner is Transport.FRAMED:
             start, inner_end = self._frame_bounds(buf, start, end)
             if inner_end != end:
                 raise ProtocolError("TTHeader-framed payload length does not match the header")
-            return Frame(Transport.TTHEADER_FRAMED, self._whole_message(buf, start, end), header), end
-        if detect(memoryview(buf)[start : start + 8]) is not Transport.BUFFERED:
+            return Frame(Transport.TTHEADER_FRAMED, *self._whole_message(buf, start, end), header), end
+        if inner is not Transport.BUFFERED:
             raise ProtocolError("TTHeader inside a TTHeader")
-        return Frame(Transport.TTHEADER, self._whole_message(buf, start, end), header), end
+        return Frame(Transport.TTHEADER, *self._whole_message(buf, start, end), header), end
 
 
 def parse_info(info: bytes) -> Header:

@@ -68,15 +68,21 @@ def read_head(buf: bytes | bytearray | memoryview, pos: int, end: int) -> tuple[
     return MessageHead(name, word & 0xFF, seqid), body
 
 
-def message_end(buf: bytes | bytearray | memoryview, pos: int, end: int, limits: WireLimits) -> int:
-    """Offset just past the message starting at ``pos``.
+def scan_message(buf: bytes | bytearray | memoryview, pos: int, end: int,
+                 limits: WireLimits) -> tuple[MessageHead, int]:
+    """The header of the message starting at ``pos``, and the offset just past it.
 
     Raises:
         Incomplete: the message runs past ``end``.
         ProtocolError: not strict binary, an unknown type, or a size over ``limits``.
     """
-    _, body = read_head(buf, pos, end)
-    return _skip(buf, body, end, _STRUCT, 0, limits)
+    head, body = read_head(buf, pos, end)
+    return head, _skip(buf, body, end, _STRUCT, 0, limits)
+
+
+def message_end(buf: bytes | bytearray | memoryview, pos: int, end: int, limits: WireLimits) -> int:
+    """Offset just past the message starting at ``pos`` (see ``scan_message``)."""
+    return scan_message(buf, pos, end, limits)[1]
 
 
 def _skip(buf: bytes | bytearray | memoryview, pos: int, end: int, ttype: int, depth: int,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import unicodedata
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from chatsvc.errors import InvalidArgument
 from chatsvc.settings import Limits
@@ -40,8 +40,7 @@ class Chat:
         return name in (self.first, self.second)
 
 
-@dataclass(frozen=True)
-class Message:
+class Message(NamedTuple):
     chat: str
     text: str
     sender: str

@@ -8,8 +8,7 @@ Cluster hash tag. An entry's id is ``<send_time>-0`` (send_time in microseconds)
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -37,8 +36,7 @@ return id
 SEND_SCRIPT_SHA = hashlib.sha1(SEND_SCRIPT.encode()).hexdigest()
 
 
-@dataclass(frozen=True)
-class StoredMessage:
+class StoredMessage(NamedTuple):
     sender: str
     text: str
     send_time: int
@@ -119,6 +117,9 @@ class RedisStorage:
 
 def _message(entry_id: str, fields: Any) -> StoredMessage:
     """A stream entry, raw (``[k, v, ...]``, from the batcher) or parsed by redis-py (a dict)."""
+    send_time = int(entry_id[: entry_id.index("-")])
+    if isinstance(fields, list) and len(fields) == 4 and fields[0] == "s" and fields[2] == "x":
+        return StoredMessage(fields[1], fields[3], send_time)  # the layout SEND_SCRIPT writes
     if not isinstance(fields, dict):
         fields = dict(zip(fields[::2], fields[1::2], strict=True))
-    return StoredMessage(fields["s"], fields["x"], int(entry_id.partition("-")[0]))
+    return StoredMessage(fields["s"], fields["x"], send_time)

@@ -106,6 +106,8 @@ def _skip(buf: bytes | bytearray | memoryview, pos: int, end: int, ttype: int, d
     if depth >= lim.max_depth:
         raise ProtocolError(f"nesting deeper than {lim.max_depth}")
     if ttype == _STRUCT:
+        # Scalars and strings are skipped inline: most fields are one of them, and a Python call
+        # per field would dominate the scan.
         while True:
             if pos >= end:
                 raise Incomplete(pos + 1)
@@ -113,11 +115,24 @@ def _skip(buf: bytes | bytearray | memoryview, pos: int, end: int, ttype: int, d
             if ftype == 0:
                 return pos + 1
             pos += 3
-            if pos > end:
-                raise Incomplete(pos)
-            if ftype not in _VALID:
+            fixed = _FIXED.get(ftype)
+            if fixed is not None:
+                pos += fixed
+                if pos > end:
+                    raise Incomplete(pos)
+            elif ftype == _STRING:
+                if pos + 4 > end:
+                    raise Incomplete(pos + 4)
+                n = _I32.unpack_from(buf, pos)[0]
+                if n < 0 or n > lim.max_string_bytes:
+                    raise ProtocolError(f"string length {n} out of bounds")
+                pos += 4 + n
+                if pos > end:
+                    raise Incomplete(pos)
+            elif ftype in _VALID:
+                pos = _skip(buf, pos, end, ftype, depth + 1, lim)
+            else:
                 raise ProtocolError(f"unknown field type {ftype}")
-            pos = _skip(buf, pos, end, ftype, depth + 1, lim)
     if ttype in (_LIST, _SET):
         if pos + 5 > end:
             raise Incomplete(pos + 5)

@@ -62,6 +62,10 @@ def parser() -> argparse.ArgumentParser:
     target.add_argument("--transport", choices=[t.value for t in Transport], default=Transport.FRAMED.value,
                         help="with --thrift: the Thrift transport (buffered for an Apache Thrift Go server); "
                              "default framed, as the gateway")
+    target.add_argument("--gateway-workers", type=positive_int, default=2,
+                        help="gateway processes the bench starts (GATEWAY_WORKERS); default 2, one per core")
+    target.add_argument("--chatsvc-arg", action="append", default=[], metavar="ARG",
+                        help="extra flag for the chatsvc the bench starts, e.g. --chatsvc-arg=--redis-batch=false")
     load = p.add_argument_group("load")
     load.add_argument("--only", choices=("send", "pull"), help="run one load only (default: send, then pull)")
     load.add_argument("--conns", type=positive_int, default=64,
@@ -95,7 +99,8 @@ def options(argv: Sequence[str] | None = None) -> Options:
     return Options(mode=mode, loads=(a.only,) if a.only else default_loads, label=a.label, url=a.url, vs=a.vs,
                    vs_label=a.vs_label, chatsvc=a.chatsvc, transport=a.transport, conns=a.conns,
                    duration=a.duration, rounds=a.rounds, rate=a.rate or 0.0, clients=a.clients,
-                   generator=a.generator, messages=a.messages, results_dir=a.results)
+                   generator=a.generator, messages=a.messages, results_dir=a.results,
+                   gateway_workers=a.gateway_workers, chatsvc_args=tuple(a.chatsvc_arg))
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:

@@ -50,6 +50,8 @@ class Options:
     generator: str = "auto"  # "auto", "wrk" or "python"
     messages: int = 100_000
     results_dir: Path = ROOT / "bench" / "results"
+    gateway_workers: int = 2
+    chatsvc_args: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -192,7 +194,7 @@ def run(opts: Options) -> None:
     """Run one benchmark, print its tables, write its JSON (and PNG)."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     load_before = os.getloadavg()
-    with System() as system:
+    with System(opts.gateway_workers, opts.chatsvc_args) as system:
         targets = start_targets(opts, system)
         for t in targets:
             print(f"target {t.label}: {t.address}{_started(t)}", flush=True)

@@ -84,6 +84,19 @@ def peak_rss_kib(pid: int) -> int | None:
     return None
 
 
+def family(pid: int) -> list[int]:
+    """``pid`` followed by its direct children (a gateway's workers)."""
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return [pid, *kids]
+
+
 def loadgen_cpu_seconds() -> float:
     """CPU of this process plus its waited-for children (wrk runs as one)."""
     own = resource.getrusage(resource.RUSAGE_SELF)
@@ -120,7 +133,9 @@ class Proc:
 class System:
     """``with System() as s: s.start_redis(); ...``: started processes are stopped on exit."""
 
-    def __init__(self) -> None:
+    def __init__(self, gateway_workers: int = 2, chatsvc_args: tuple[str, ...] = ()) -> None:
+        self.gateway_workers = gateway_workers
+        self.chatsvc_args = chatsvc_args
         self.procs: list[Proc] = []
         self._workdir = Path(tempfile.mkdtemp(prefix="pychat-bench-"))
 
@@ -140,13 +155,13 @@ class System:
     def start_chatsvc(self, redis: Proc) -> Proc:
         port = free_port()
         args = [sys.executable, "-m", "chatsvc", "--host", "127.0.0.1", "--port", str(port),
-                "--redis-url", f"redis://{redis.addr}/0", "--log-level", "WARNING"]
+                "--redis-url", f"redis://{redis.addr}/0", "--log-level", "WARNING", *self.chatsvc_args]
         return self._spawn("chatsvc", args, port)
 
     def start_gateway(self, chatsvc: Proc) -> Proc:
         port = free_port()
         args = [sys.executable, "-m", "gateway", "--host", "127.0.0.1", "--port", str(port),
-                "--chatsvc-addr", chatsvc.addr, "--access-log", "false"]
+                "--chatsvc-addr", chatsvc.addr, "--access-log", "false", "--workers", str(self.gateway_workers)]
         return self._spawn("gateway", args, port)
 
     def _spawn(self, name: str, args: list[str], port: int) -> Proc:
@@ -169,17 +184,21 @@ class System:
         raise LookupError(f"no {name} was started")
 
     def cpu(self) -> dict[str, float]:
-        """CPU seconds so far of each live process, by name."""
-        found = {p.name: cpu_seconds(p.popen.pid) for p in self.procs}
-        return {name: secs for name, secs in found.items() if secs is not None}
+        """CPU seconds so far of each live process and its children (gateway workers), by name."""
+        out: dict[str, float] = {}
+        for p in self.procs:
+            secs = [cpu_seconds(pid) for pid in family(p.popen.pid)]
+            if secs and secs[0] is not None:
+                out[p.name] = sum(s for s in secs if s is not None)
+        return out
 
     def peak_rss(self) -> dict[str, dict[str, int]]:
-        """pid and peak RSS (KiB) of each live process, by name."""
+        """pid and peak RSS (KiB, summed over its children: gateway workers) of each live process."""
         out: dict[str, dict[str, int]] = {}
         for p in self.procs:
-            kib = peak_rss_kib(p.popen.pid)
-            if kib is not None:
-                out[p.name] = {"pid": p.popen.pid, "peak_rss_kib": kib}
+            kibs = [peak_rss_kib(pid) for pid in family(p.popen.pid)]
+            if kibs and kibs[0] is not None:
+                out[p.name] = {"pid": p.popen.pid, "peak_rss_kib": sum(k for k in kibs if k is not None)}
         return out
 
     def check_alive(self) -> None:

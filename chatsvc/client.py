@@ -9,6 +9,7 @@ Errors::
 
     RPCError                    base; the call's outcome is unknown unless said otherwise
     ├── RPCConnectError         could not connect, or the connection dropped mid-call
+    │   └── RPCUnreachable      could not connect: the call was not sent
     ├── RPCTimeout              no reply within the call timeout
     ├── RPCProtocolError        the reply was malformed (the connection is discarded)
     └── RPCApplicationError     the server answered with a TApplicationException (``.type``)
@@ -20,7 +21,7 @@ import asyncio
 import itertools
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 from thriftpy2.thrift import TApplicationException
 
@@ -45,6 +46,10 @@ class RPCError(Exception):
 
 class RPCConnectError(RPCError):
     pass
+
+
+class RPCUnreachable(RPCConnectError):
+    """Could not connect: the call was never sent, so it is safe to send it elsewhere."""
 
 
 class RPCTimeout(RPCError):
@@ -186,8 +191,38 @@ class _Connection(CoalescingWriter, asyncio.Protocol):
         self._fail(RPCConnectError("client closed"))
 
 
-class ChatClient:
-    """``async with ChatClient(host, port) as c: await c.send("a:b", "hi", "a")``."""
+class IMServiceClient:
+    """IMService's two methods over ``call``, for every kind of client."""
+
+    async def call(self, method: str, args: Any, *, idempotent: bool = False, retry: bool = True) -> Any:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def send(self, chat: str, text: str, sender: str) -> Any:
+        """IMService.Send; returns the SendResponse (check ``Code``). Never retried once sent."""
+        req = SendRequest(message=Message(Chat=chat, Text=text, Sender=sender, SendTime=0))
+        return await self.call("Send", IMService.Send_args(req=req))
+
+    async def pull(self, chat: str, cursor: int = 0, limit: int = 10, reverse: bool = False) -> Any:
+        """IMService.Pull; returns the PullResponse. Retried once on a fresh connection."""
+        req = PullRequest(Chat=chat, Cursor=cursor, Limit=limit, Reverse=reverse)
+        return await self.call("Pull", IMService.Pull_args(req=req), idempotent=True)
+
+
+class ChatClient(IMServiceClient):
+    """``async with ChatClient(host, port) as c: await c.send("a:b", "hi", "a")``.
+
+    A call that could not be sent (no connection) is retried once; one that may have reached the
+    server is retried only when ``idempotent``.
+    """
 
     def __init__(self, host: str, port: int, *, transport: Transport | str = Transport.FRAMED,
                  settings: ClientSettings | None = None, **overrides: Any) -> None:
@@ -202,12 +237,7 @@ class ChatClient:
         self._slots = asyncio.Semaphore(self.settings.pool_size * self.settings.pipeline)
         self._infos: dict[str, bytes] = {}
         self._closed = False
-
-    async def __aenter__(self) -> ChatClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+        self.outstanding = 0  # calls in progress, for load balancing
 
     async def close(self) -> None:
         self._closed = True
@@ -215,25 +245,18 @@ class ChatClient:
             conn.close()
         self._conns.clear()
 
-    async def send(self, chat: str, text: str, sender: str) -> Any:
-        """IMService.Send; returns the SendResponse (check ``Code``). Never retried."""
-        req = SendRequest(message=Message(Chat=chat, Text=text, Sender=sender, SendTime=0))
-        return await self.call("Send", IMService.Send_args(req=req))
-
-    async def pull(self, chat: str, cursor: int = 0, limit: int = 10, reverse: bool = False) -> Any:
-        """IMService.Pull; returns the PullResponse. Retried once on a fresh connection."""
-        req = PullRequest(Chat=chat, Cursor=cursor, Limit=limit, Reverse=reverse)
-        return await self.call("Pull", IMService.Pull_args(req=req), idempotent=True)
-
-    async def call(self, method: str, args: Any, *, idempotent: bool = False) -> Any:
-        """Call ``method`` and return the reply's ``success`` value."""
+    async def call(self, method: str, args: Any, *, idempotent: bool = False, retry: bool = True) -> Any:
+        """Call ``method`` and return the reply's ``success`` value (``retry=False``: one attempt)."""
+        self.outstanding += 1
         try:
             return await self._call_once(method, args)
-        except RPCConnectError:
-            if not idempotent or self._closed:
+        except RPCConnectError as exc:
+            if not retry or self._closed or not (idempotent or isinstance(exc, RPCUnreachable)):
                 raise
             log.info("retrying %s once on a fresh connection", method)
             return await self._call_once(method, args)
+        finally:
+            self.outstanding -= 1
 
     async def _call_once(self, method: str, args: Any) -> Any:
         loop = asyncio.get_running_loop()
@@ -321,9 +344,9 @@ class ChatClient:
             async with asyncio.timeout(self.settings.connect_timeout):
                 _, conn = await loop.create_connection(lambda: _Connection(self), self.host, self.port)
         except TimeoutError:
-            raise RPCConnectError(f"connect to {self.host}:{self.port} timed out") from None
+            raise RPCUnreachable(f"connect to {self.host}:{self.port} timed out") from None
         except OSError as exc:
-            raise RPCConnectError(f"cannot connect to {self.host}:{self.port}: {exc.strerror or exc}") from None
+            raise RPCUnreachable(f"cannot connect to {self.host}:{self.port}: {exc.strerror or exc}") from None
         return conn
 
     def header_info(self, method: str) -> bytes:

@@ -32,6 +32,7 @@ class ServerLimits:
     max_connections: int = 10_000
     max_pipeline: int = 64
     idle_timeout: float = 600.0
+    read_timeout: float = 10.0  # a message started must be complete within this
 
 
 @dataclass
@@ -171,6 +172,7 @@ class _Connection(CoalescingWriter, asyncio.Protocol):
         self._closing = False
         self._last_active = time.monotonic()
         self._idle: asyncio.TimerHandle | None = None
+        self._partial: asyncio.TimerHandle | None = None  # armed while a message is half read
 
     @property
     def busy(self) -> bool:
@@ -189,8 +191,9 @@ class _Connection(CoalescingWriter, asyncio.Protocol):
         self._closing = True
         self._waiting.clear()
         self.server.connections.discard(self)
-        if self._idle is not None:
-            self._idle.cancel()
+        for timer in (self._idle, self._partial):
+            if timer is not None:
+                timer.cancel()
 
     def close(self) -> None:
         self._closing = True
@@ -217,6 +220,25 @@ class _Connection(CoalescingWriter, asyncio.Protocol):
             self._dispatch(frame)
         if self.reader.error is not None:
             self._fail(self.reader.error)
+        elif self.reader.buffered and self._partial is None:
+            self._partial = asyncio.get_running_loop().call_later(
+                self.server.limits.read_timeout, self._read_timed_out, self.reader.frames_read)
+        elif not self.reader.buffered and self._partial is not None:
+            self._partial.cancel()
+            self._partial = None
+
+    def _read_timed_out(self, frames_read: int) -> None:
+        """A message that stays incomplete for ``read_timeout`` (a slow or stuck sender) is dropped."""
+        self._partial = None
+        if self.reader.buffered and self.reader.frames_read == frames_read and not self._closing:
+            log.info("closing connection: message incomplete after %ss", self.server.limits.read_timeout)
+            self._waiting.clear()
+            self._slots.append(_Slot(Reply(b"", close=True)))
+            self._closing = True
+            self._emit_ready()
+        elif self.reader.buffered:  # progress since: time the message now being read
+            self._partial = asyncio.get_running_loop().call_later(
+                self.server.limits.read_timeout, self._read_timed_out, self.reader.frames_read)
 
     def _fail(self, exc: ProtocolError) -> None:
         """Answer a broken stream with PROTOCOL_ERROR (unless it is not Thrift at all), then close."""

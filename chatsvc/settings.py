@@ -50,6 +50,8 @@ class ChatsvcSettings:
     max_connections: int = setting(10_000, "CHATSVC_MAX_CONNECTIONS", "concurrent connections")
     max_pipeline: int = setting(64, "CHATSVC_MAX_PIPELINE", "calls in flight per connection")
     idle_timeout: float = setting(600.0, "CHATSVC_IDLE_TIMEOUT", "close idle connections (s)")
+    read_timeout: float = setting(10.0, "CHATSVC_READ_TIMEOUT",
+                                  "seconds a message may take to arrive once started (slow senders)")
     drain_timeout: float = setting(5.0, "CHATSVC_DRAIN_TIMEOUT", "seconds to finish calls on stop")
     log_level: str = setting("INFO", "CHATSVC_LOG_LEVEL", "logging level")
 

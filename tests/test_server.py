@@ -560,3 +560,37 @@ async def test_app_with_redis_down_answers_503():
         assert resp.Msg.startswith("storage unavailable")
         assert time.monotonic() - start < 3
         await client.close()
+
+
+async def test_slow_sender_is_cut_by_the_read_timeout(double):
+    """One byte a second keeps a connection busy but never completes a message: it is closed."""
+    server = ThriftServer(idl.IMService, double, ServerLimits(WireLimits(), read_timeout=0.5))
+    await server.start("127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        message = send_call("slow", 1)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        start = time.monotonic()
+        closed = False
+        for byte in message[:-1]:
+            writer.write(bytes([byte]))
+            try:
+                await writer.drain()
+            except ConnectionError:
+                closed = True
+                break
+            try:
+                if await asyncio.wait_for(reader.read(1), 0.1) == b"":
+                    closed = True
+                    break
+            except TimeoutError:
+                pass
+        assert closed, "the slow sender was never cut off"
+        assert 0.4 < time.monotonic() - start < 3
+        writer.close()
+        # A sender that completes its messages is not affected.
+        client = await Client.connect(port)
+        assert await client.call("fast", 2) == "done fast"
+        await client.close()
+    finally:
+        await server.close(1.0)

@@ -94,6 +94,7 @@ class FrameReader:
         self.last_transport: Transport | None = None
         # An error found after some complete frames: the caller answers those frames first.
         self.error: ProtocolError | None = None
+        self.frames_read = 0
 
     @property
     def buffered(self) -> int:
@@ -117,6 +118,7 @@ class FrameReader:
             while len(buf) - pos >= 8:
                 frame, pos = self._next(buf, pos)
                 frames.append(frame)
+                self.frames_read += 1
             self._need = 0
         except Incomplete as inc:
             if inc.need - pos > self._limits.max_frame_bytes + self._limits.max_header_bytes:

@@ -6,12 +6,17 @@ of deploy/docker-compose.test.yml) or from any shell::
     GATEWAY_URL=http://127.0.0.1:8080 python deploy/smoke.py
 
 Environment: GATEWAY_URL (default http://127.0.0.1:8080), SMOKE_SEND_PATH (/api/send),
-SMOKE_PULL_PATH (/api/pull), SMOKE_WAIT (seconds to wait for /ping, default 60).
+SMOKE_PULL_PATH (/api/pull), SMOKE_WAIT (seconds to wait for /ping, default 60), and
+GATEWAY_JWT_SECRET when the gateway runs with GATEWAY_AUTH: the checks then send a bearer token
+(HS256) for their sender, signed with it.
 Exits 0 when every check passes, 1 with a message otherwise.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import os
 import sys
@@ -27,6 +32,8 @@ SEND_PATH = os.environ.get("SMOKE_SEND_PATH", "/api/send")
 PULL_PATH = os.environ.get("SMOKE_PULL_PATH", "/api/pull")
 WAIT = float(os.environ.get("SMOKE_WAIT", "60"))
 TIMEOUT = 5.0
+SECRET = os.environ.get("GATEWAY_JWT_SECRET", "")
+HEADERS: dict[str, str] = {}  # Authorization, when SECRET is set
 
 
 class SmokeError(Exception):
@@ -39,7 +46,7 @@ def request(method: str, path: str, params: dict[str, str] | None = None,
     if params:
         url += "?" + urllib.parse.urlencode(params)
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method)
+    req = urllib.request.Request(url, data=data, method=method, headers=HEADERS)
     if data is not None:
         req.add_header("Content-Type", "application/json")
     try:
@@ -100,9 +107,23 @@ def pull(chat: str, limit: int = 10) -> list[str]:
         raise SmokeError(f"GET {PULL_PATH} did not answer JSON: {body[:300]!r}") from None
 
 
+def hs256_token(subject: str, ttl: int = 600) -> str:
+    """A JWT for ``subject`` as the gateway checks it (HS256, ``sub`` and ``exp``), stdlib only."""
+    def b64(raw: bytes) -> str:
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    now = int(time.time())
+    header = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    claims = b64(json.dumps({"sub": subject, "iat": now, "exp": now + ttl}).encode())
+    signature = hmac.new(SECRET.encode(), f"{header}.{claims}".encode(), hashlib.sha256).digest()
+    return f"{header}.{claims}.{b64(signature)}"
+
+
 def main() -> int:
     run = uuid.uuid4().hex[:12]
     chat = f"smoke-{run}:bot-{run}"
+    if SECRET:
+        HEADERS["Authorization"] = f"Bearer {hs256_token(f'smoke-{run}')}"
     sent = [f"hello {run} #{i}" for i in range(3)]
     try:
         wait_for_ping()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -10,10 +12,47 @@ from aiohttp import web
 
 from chatsvc import config, runtime
 from gateway.app import create_app
+from gateway.connections import LimitedSite, raise_fd_limit
+from gateway.keys import CONNECTIONS
 from gateway.settings import GatewaySettings
 from gateway.workers import supervise
 
 ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs'
+
+
+async def serve(app: web.Application, settings: GatewaySettings) -> None:
+    """Serve ``app`` until SIGINT or SIGTERM, then stop accepting and drain (``drain_timeout``).
+
+    ``web.run_app`` without its fixed TCP site: connections go through ``LimitedSite``, which
+    bounds how many are open and how long their headers may take (gateway.connections).
+    """
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    raise_fd_limit(settings.max_connections)
+    runner = web.AppRunner(
+        app,
+        access_log=logging.getLogger("gateway.access") if settings.access_log else None,
+        access_log_format=ACCESS_LOG_FORMAT,
+        keepalive_timeout=settings.keepalive_timeout,
+        shutdown_timeout=settings.drain_timeout,
+    )
+    await runner.setup()
+    try:
+        site = LimitedSite(runner, settings.host, settings.port, app[CONNECTIONS],
+                           reuse_port=settings.reuse_port or None)
+        await site.start()
+        await stop.wait()
+        logging.getLogger("gateway").info("gateway stopping")
+    finally:
+        # aiohttp waits shutdown_timeout for handlers, cancels them, then may wait as long again:
+        # bound the whole drain to GATEWAY_DRAIN_TIMEOUT (plus a moment to close sockets).
+        try:
+            async with asyncio.timeout(settings.drain_timeout + 0.5):
+                await runner.cleanup()
+        except TimeoutError:
+            logging.getLogger("gateway").warning("drain timeout: closing requests still in flight")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -27,17 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("gateway").info("gateway on http://%s:%d -> chatsvc %s:%d (%s)", settings.host,
                                       settings.port, host, port, settings.chatsvc_transport)
     runtime.tune_gc()
-    web.run_app(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        reuse_port=settings.reuse_port or None,
-        access_log=logging.getLogger("gateway.access") if settings.access_log else None,
-        access_log_format=ACCESS_LOG_FORMAT,
-        shutdown_timeout=settings.drain_timeout,
-        print=None,
-        loop=runtime.new_event_loop(),
-    )
+    runtime.run(serve(create_app(settings), settings))
     return 0
 
 

@@ -1,17 +1,21 @@
-"""The gateway's application factory: routes, error rendering and the chatsvc client's lifetime."""
+"""The gateway's application factory: routes, middlewares, error rendering and the chatsvc client's lifetime."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from importlib import resources
 
+import orjson
+import yaml
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from chatsvc.client import ChatClient
 from chatsvc.errors import ChatError
-from gateway import handlers
-from gateway.errors import error_response
-from gateway.keys import CHATSVC, SETTINGS
+from gateway import auth, connections, handlers
+from gateway.errors import error_response, response_for
+from gateway.keys import CHATSVC, CONNECTIONS, OPENAPI_JSON, SETTINGS
 from gateway.settings import GatewaySettings
 
 log = logging.getLogger("gateway")
@@ -25,7 +29,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     try:
         return await handler(request)
     except ChatError as exc:
-        return error_response(exc.http_status, exc.message)
+        return response_for(exc)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -45,11 +49,24 @@ async def chatsvc_client(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
+def load_openapi() -> bytes:
+    """The API description (gateway/openapi.yaml, also docs/openapi.yaml) as JSON."""
+    text = resources.files("gateway").joinpath("openapi.yaml").read_text(encoding="utf-8")
+    return orjson.dumps(yaml.safe_load(text))
+
+
 def create_app(settings: GatewaySettings) -> web.Application:
-    app = web.Application(middlewares=[errors_middleware], client_max_size=settings.max_body_bytes)
+    limiter = connections.ConnectionLimiter(settings.max_connections, settings.header_timeout)
+    middlewares: list[Middleware] = [connections.middleware(limiter), errors_middleware]
+    if settings.auth:
+        middlewares.append(auth.middleware(auth.TokenVerifier(settings.jwt_secret, settings.jwt_leeway)))
+    app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
+    app[CONNECTIONS] = limiter
+    app[OPENAPI_JSON] = load_openapi()
     app.cleanup_ctx.append(chatsvc_client)
     app.router.add_get("/ping", handlers.ping)
+    app.router.add_get("/openapi.json", handlers.openapi)
     app.router.add_post("/api/send", handlers.send)
     app.router.add_get("/api/pull", handlers.pull)
     return app

@@ -19,7 +19,7 @@ from gateway.errors import BadRequest
 
 INT32 = (-(2**31), 2**31 - 1)
 INT64 = (-(2**63), 2**63 - 1)
-_INT_RE = re.compile(r"[+-]?\d{1,20}")
+_INT_RE = re.compile(r"[+-]?[0-9]{1,20}")  # ASCII digits only, as Go's strconv (not \d: "٣", "１")
 _BOOLS = {"true": True, "1": True, "false": False, "0": False}
 
 

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from aiohttp import web
 
 from chatsvc import errors
 from chatsvc.client import RPCError
-from gateway import binding
-from gateway.errors import from_rpc, json_response
-from gateway.keys import CHATSVC
+from gateway import auth, binding
+from gateway.errors import RequestTimeout, from_rpc, json_response
+from gateway.keys import CHATSVC, OPENAPI_JSON, SETTINGS
 
 _SUCCESS = {"status": "success"}
 
@@ -19,8 +20,13 @@ async def ping(request: web.Request) -> web.Response:
     return json_response({"message": "pong"})
 
 
+async def openapi(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[OPENAPI_JSON], content_type="application/json")
+
+
 async def send(request: web.Request) -> web.Response:
-    data = binding.bind_send(await request.read())
+    data = binding.bind_send(await _read_body(request))
+    auth.check_send(request, data.sender)
     client = request.app[CHATSVC]
     try:
         reply = await client.send(data.chat, data.text, data.sender)
@@ -31,7 +37,8 @@ async def send(request: web.Request) -> web.Response:
 
 
 async def pull(request: web.Request) -> web.Response:
-    data = binding.bind_pull(await request.read(), request.query)
+    data = binding.bind_pull(await _read_body(request), request.query)
+    auth.check_pull(request, data.chat)
     client = request.app[CHATSVC]
     try:
         reply = await client.pull(data.chat, data.cursor, data.limit, data.reverse)
@@ -42,6 +49,16 @@ async def pull(request: web.Request) -> web.Response:
                 for m in reply.Messages or ()]
     return json_response({"messages": messages, "has_more": bool(reply.HasMore),
                           "next_cursor": reply.NextCursor or 0})
+
+
+async def _read_body(request: web.Request) -> bytes:
+    """The body, within ``GATEWAY_BODY_TIMEOUT`` (a client trickling it gets 408)."""
+    timeout = request.app[SETTINGS].body_timeout
+    try:
+        async with asyncio.timeout(timeout):
+            return await request.read()
+    except TimeoutError:
+        raise RequestTimeout(f"request body not received within {timeout:g}s") from None
 
 
 def _check(reply: Any) -> None:

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from chatsvc.client import ClientSettings
 from chatsvc.config import parse_addr, setting
 from chatsvc.wire.framing import Transport
+
+MIN_JWT_SECRET_BYTES = 32
+
+
+def check_jwt_secret(secret: str) -> None:
+    """Refuse a missing or short HS256 key (a short one can be brute-forced offline from any token)."""
+    if not secret:
+        raise ValueError("GATEWAY_JWT_SECRET is not set (GATEWAY_AUTH needs it)")
+    if len(secret.encode()) < MIN_JWT_SECRET_BYTES:
+        raise ValueError(f"GATEWAY_JWT_SECRET is too short: {len(secret.encode())} bytes, "
+                         f"at least {MIN_JWT_SECRET_BYTES} needed (e.g. `openssl rand -hex 32`)")
 
 
 @dataclass(frozen=True)
@@ -25,6 +36,19 @@ class GatewaySettings:
     connect_timeout: float = setting(1.0, "GATEWAY_CONNECT_TIMEOUT", "seconds to connect to chatsvc")
     call_timeout: float = setting(5.0, "GATEWAY_CALL_TIMEOUT", "seconds for a chatsvc call")
     max_body_bytes: int = setting(64 * 1024, "GATEWAY_MAX_BODY_BYTES", "larger bodies get 413")
+    max_connections: int = setting(10_000, "GATEWAY_MAX_CONNECTIONS",
+                                   "open client connections; beyond it an idle one is closed, or the new one gets 503")
+    header_timeout: float = setting(10.0, "GATEWAY_HEADER_TIMEOUT",
+                                    "seconds for a request's headers to arrive, else the connection is closed")
+    body_timeout: float = setting(10.0, "GATEWAY_BODY_TIMEOUT", "seconds for a request body to arrive, else 408")
+    keepalive_timeout: float = setting(75.0, "GATEWAY_KEEPALIVE_TIMEOUT",
+                                       "seconds an idle keep-alive connection is kept open")
+    auth: bool = setting(False, "GATEWAY_AUTH", "require a bearer token (JWT, HS256) but on /ping and /openapi.json")
+    # repr=False: the settings object may be logged; the secret must not be.
+    jwt_secret: str = field(default="", repr=False, metadata={
+        "env": "GATEWAY_JWT_SECRET",
+        "help": "HS256 key of at least 32 bytes, needed by GATEWAY_AUTH (use the environment: flags show in ps)"})
+    jwt_leeway: float = setting(30.0, "GATEWAY_JWT_LEEWAY", "seconds of clock skew allowed on a token's exp/nbf/iat")
     drain_timeout: float = setting(5.0, "GATEWAY_DRAIN_TIMEOUT", "seconds to finish requests on stop")
     access_log: bool = setting(True, "GATEWAY_ACCESS_LOG", "one log line per request")
     log_level: str = setting("INFO", "GATEWAY_LOG_LEVEL", "logging level")
@@ -34,11 +58,16 @@ class GatewaySettings:
             raise ValueError(f"port out of range: {self.port}")
         parse_addr(self.chatsvc_addr, 8888)
         Transport(self.chatsvc_transport)
-        for name in ("workers", "pool_size", "pipeline", "max_body_bytes"):
+        for name in ("workers", "pool_size", "pipeline", "max_body_bytes", "max_connections"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
-        if self.connect_timeout <= 0 or self.call_timeout <= 0:
-            raise ValueError("timeouts must be positive")
+        for name in ("connect_timeout", "call_timeout", "header_timeout", "body_timeout", "keepalive_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        if self.jwt_leeway < 0:
+            raise ValueError("jwt_leeway must not be negative")
+        if self.auth:
+            check_jwt_secret(self.jwt_secret)
 
     @property
     def chatsvc(self) -> tuple[str, int]:

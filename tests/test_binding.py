@@ -67,6 +67,16 @@ def test_bad_query_values(query):
         bind_pull(b"", query)
 
 
+@pytest.mark.parametrize("digits", ["\u0663", "\uff11\uff12", "1\u0660", "\u09e7"])
+def test_query_integers_are_ascii_digits_only(digits):
+    """Regression: ``\\d`` also matched Arabic-Indic, fullwidth and Bengali digits, which ``int()``
+    then accepted (limit=٣ was 3); Go's strconv.ParseInt rejects them."""
+    with pytest.raises(BadRequest):
+        bind_pull(b"", {"chat": "a:b", "limit": digits})
+    with pytest.raises(BadRequest):
+        bind_pull(b"", {"chat": "a:b", "cursor": digits})
+
+
 def test_body_wins_over_query():
     assert bind_pull(b'{"Limit": 3}', {"limit": "20", "chat": "a:b"}) == PullInput("a:b", 0, 3, False)
 

@@ -62,9 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if settings.workers > 1:
         return supervise(argv, settings.workers)
-    host, port = settings.chatsvc
-    logging.getLogger("gateway").info("gateway on http://%s:%d -> chatsvc %s:%d (%s)", settings.host,
-                                      settings.port, host, port, settings.chatsvc_transport)
+    targets = ", ".join(f"{h}:{p}" for h, p in settings.chatsvc_instances)
+    logging.getLogger("gateway").info("gateway on http://%s:%d -> chatsvc %s (%s)", settings.host,
+                                      settings.port, targets, settings.chatsvc_transport)
     runtime.tune_gc()
     runtime.run(serve(create_app(settings), settings))
     return 0

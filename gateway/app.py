@@ -11,7 +11,8 @@ import yaml
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from chatsvc.client import ChatClient
+from chatsvc.balancer import BalancedClient
+from chatsvc.client import ChatClient, IMServiceClient
 from chatsvc.errors import ChatError
 from gateway import auth, connections, handlers
 from gateway.errors import error_response, response_for
@@ -43,8 +44,13 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 async def chatsvc_client(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    host, port = settings.chatsvc
-    async with ChatClient(host, port, settings=settings.client) as client:
+    addrs = settings.chatsvc_instances
+    client: IMServiceClient
+    if len(addrs) == 1:
+        client = ChatClient(*addrs[0], settings=settings.client)
+    else:
+        client = BalancedClient(addrs, settings.client, settings.probe_interval)
+    async with client:
         app[CHATSVC] = client
         yield
 

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from chatsvc.client import ChatClient
+from chatsvc.client import IMServiceClient
 from gateway.connections import ConnectionLimiter
 from gateway.settings import GatewaySettings
 
@@ -14,7 +14,7 @@ if TYPE_CHECKING:  # gateway.auth imports this module
     from gateway.auth import Identity
 
 SETTINGS = web.AppKey("settings", GatewaySettings)
-CHATSVC = web.AppKey("chatsvc", ChatClient)
+CHATSVC = web.AppKey("chatsvc", IMServiceClient)  # a ChatClient, or a BalancedClient
 CONNECTIONS = web.AppKey("connections", ConnectionLimiter)
 OPENAPI_JSON = web.AppKey("openapi_json", bytes)  # docs/openapi.yaml as JSON, loaded once
 IDENTITY: web.RequestKey[Identity] = web.RequestKey("identity")  # set by gateway.auth.middleware

@@ -29,6 +29,10 @@ class GatewaySettings:
     workers: int = setting(1, "GATEWAY_WORKERS", "worker processes sharing the port (SO_REUSEPORT)")
     reuse_port: bool = setting(False, "GATEWAY_REUSE_PORT", "bind with SO_REUSEPORT")
     chatsvc_addr: str = setting("127.0.0.1:8888", "CHATSVC_ADDR", "chatsvc host:port")
+    chatsvc_addrs: str = setting("", "CHATSVC_ADDRS",
+                                 "several chatsvc instances, host:port,host:port (overrides CHATSVC_ADDR)")
+    probe_interval: float = setting(0.5, "GATEWAY_PROBE_INTERVAL",
+                                    "seconds between probes of a chatsvc instance that failed")
     chatsvc_transport: str = setting("framed", "CHATSVC_TRANSPORT",
                                      "buffered, framed, ttheader or ttheader_framed")
     pool_size: int = setting(4, "GATEWAY_POOL_SIZE", "persistent connections to chatsvc")
@@ -56,7 +60,8 @@ class GatewaySettings:
     def validate(self) -> None:
         if not 0 < self.port < 65536:
             raise ValueError(f"port out of range: {self.port}")
-        parse_addr(self.chatsvc_addr, 8888)
+        if not self.chatsvc_instances:
+            raise ValueError("no chatsvc address")
         Transport(self.chatsvc_transport)
         for name in ("workers", "pool_size", "pipeline", "max_body_bytes", "max_connections"):
             if getattr(self, name) <= 0:
@@ -70,8 +75,10 @@ class GatewaySettings:
             check_jwt_secret(self.jwt_secret)
 
     @property
-    def chatsvc(self) -> tuple[str, int]:
-        return parse_addr(self.chatsvc_addr, 8888)
+    def chatsvc_instances(self) -> list[tuple[str, int]]:
+        """Every chatsvc address: CHATSVC_ADDRS if set, else CHATSVC_ADDR."""
+        raw = self.chatsvc_addrs or self.chatsvc_addr
+        return [parse_addr(a, 8888) for a in raw.split(",") if a.strip()]
 
     @property
     def client(self) -> ClientSettings:

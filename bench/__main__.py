@@ -29,6 +29,7 @@ examples:
   python -m bench --url http://127.0.0.1:8080 --only pull
   python -m bench --rate 1000 --clients 20 --duration 10
   python -m bench --thrift --chatsvc 127.0.0.1:8888
+  python -m bench --redis-cluster 3 --vs http://127.0.0.1:9080 --rounds 5
 """
 
 
@@ -66,6 +67,11 @@ def parser() -> argparse.ArgumentParser:
                         help="gateway processes the bench starts (GATEWAY_WORKERS); default 2, one per core")
     target.add_argument("--chatsvc-arg", action="append", default=[], metavar="ARG",
                         help="extra flag for the chatsvc the bench starts, e.g. --chatsvc-arg=--redis-batch=false")
+    target.add_argument("--redis-cluster", type=positive_int, default=0, metavar="N",
+                        help="start a Redis Cluster of N masters (at least 3; redis-server and redis-cli "
+                             "from PATH) instead of one redis-server; chatsvc gets its redis+cluster:// URL")
+    target.add_argument("--cluster-replicas", type=int, default=1, metavar="R",
+                        help="with --redis-cluster: replicas per master; default 1")
     load = p.add_argument_group("load")
     load.add_argument("--only", choices=("send", "pull"), help="run one load only (default: send, then pull)")
     load.add_argument("--conns", type=positive_int, default=64,
@@ -95,12 +101,19 @@ def options(argv: Sequence[str] | None = None) -> Options:
         p.error(f"--vs compares gateways; it does not apply to --{mode}")
     if a.chatsvc and mode != "thrift":
         p.error("--chatsvc needs --thrift")
+    if a.redis_cluster and (a.url or a.chatsvc or mode == "memory"):
+        p.error("--redis-cluster applies to the system the bench starts (not with --url, --chatsvc or --memory)")
+    if a.redis_cluster and a.redis_cluster < 3:
+        p.error("--redis-cluster: a Redis Cluster needs at least 3 masters")
+    if a.cluster_replicas < 0:
+        p.error("--cluster-replicas must not be negative")
     default_loads = ("send",) if mode == "rate" else ("send", "pull")
     return Options(mode=mode, loads=(a.only,) if a.only else default_loads, label=a.label, url=a.url, vs=a.vs,
                    vs_label=a.vs_label, chatsvc=a.chatsvc, transport=a.transport, conns=a.conns,
                    duration=a.duration, rounds=a.rounds, rate=a.rate or 0.0, clients=a.clients,
                    generator=a.generator, messages=a.messages, results_dir=a.results,
-                   gateway_workers=a.gateway_workers, chatsvc_args=tuple(a.chatsvc_arg))
+                   gateway_workers=a.gateway_workers, chatsvc_args=tuple(a.chatsvc_arg),
+                   redis_cluster=a.redis_cluster, cluster_replicas=a.cluster_replicas)
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:

@@ -25,7 +25,7 @@ import aiohttp
 
 from bench import loadgen, memory, report, thrift, workload, wrk
 from bench.stats import LoadResult, Measurement, summarize
-from bench.system import ROOT, CpuMeter, System
+from bench.system import ROOT, CpuMeter, Proc, System
 from chatsvc.client import ChatClient
 
 PAUSE_S = 0.5  # between two loads: lets sockets and queues drain
@@ -52,6 +52,8 @@ class Options:
     results_dir: Path = ROOT / "bench" / "results"
     gateway_workers: int = 2
     chatsvc_args: tuple[str, ...] = ()
+    redis_cluster: int = 0  # masters of a Redis Cluster to start instead of one redis-server (0: none)
+    cluster_replicas: int = 1
 
 
 @dataclass(frozen=True)
@@ -155,17 +157,24 @@ def _tagged(results: list[LoadResult], generator: str) -> list[LoadResult]:
     return [dataclasses.replace(r, generator=generator) for r in results]
 
 
+def start_redis(opts: Options, system: System) -> Proc | str:
+    """One redis-server, or a Redis Cluster (its URL) with ``--redis-cluster N``."""
+    if opts.redis_cluster:
+        return system.start_redis_cluster(opts.redis_cluster, opts.cluster_replicas)
+    return system.start_redis()
+
+
 def start_targets(opts: Options, system: System) -> list[Target]:
     """Start what the mode needs, unless told where it runs; then the ``--vs`` target."""
     if opts.mode in ("thrift", "memory"):
         if opts.chatsvc and opts.mode == "thrift":
             return [Target(opts.label, opts.chatsvc)]
-        svc = system.start_chatsvc(system.start_redis())
+        svc = system.start_chatsvc(start_redis(opts, system))
         return [Target(opts.label, svc.addr, system)]
     if opts.url:
         targets = [Target(opts.label, opts.url.rstrip("/"))]
     else:
-        gateway = system.start_gateway(system.start_chatsvc(system.start_redis()))
+        gateway = system.start_gateway(system.start_chatsvc(start_redis(opts, system)))
         targets = [Target(opts.label, f"http://{gateway.addr}", system)]
     if opts.vs:
         targets.append(Target(opts.vs_label or urlsplit(opts.vs).netloc or opts.vs, opts.vs.rstrip("/")))

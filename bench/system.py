@@ -152,10 +152,54 @@ class System:
                 "--save", "", "--appendonly", "no", "--protected-mode", "no", "--loglevel", "warning"]
         return self._spawn("redis", args, port)
 
-    def start_chatsvc(self, redis: Proc) -> Proc:
+    def start_redis_cluster(self, masters: int, replicas: int = 1) -> str:
+        """``masters`` x (1 + ``replicas``) cluster nodes (persistence off, as ``start_redis``),
+        joined with ``redis-cli --cluster create``; returns chatsvc's ``redis+cluster://`` URL.
+        Every node is a process named ``redis``: their CPU and RSS are reported summed."""
+        cli = shutil.which("redis-cli")
+        if cli is None or shutil.which("redis-server") is None:
+            raise StartError("--redis-cluster needs redis-server and redis-cli on PATH (apt-get install redis-server)")
+        if masters < 3:
+            raise StartError("a Redis Cluster needs at least 3 masters")
+        ports = []
+        for _ in range(masters * (1 + replicas)):
+            port = free_port()
+            node_dir = self._workdir / f"cluster-{port}"
+            node_dir.mkdir()
+            args = [redis_server_binary(), "--port", str(port), "--cluster-port", str(free_port()),
+                    "--bind", "127.0.0.1", "--dir", str(node_dir), "--save", "", "--appendonly", "no",
+                    "--protected-mode", "no", "--loglevel", os.environ.get("BENCH_REDIS_LOGLEVEL", "warning"), "--cluster-enabled", "yes",
+                    "--cluster-config-file", str(node_dir / "nodes.conf"), "--cluster-node-timeout", "1000"]
+            self._spawn("redis", args, port)
+            ports.append(port)
+        nodes = [f"127.0.0.1:{p}" for p in ports]
+        create = subprocess.run([cli, "--cluster", "create", *nodes, "--cluster-replicas", str(replicas),
+                                 "--cluster-yes"], capture_output=True, text=True, timeout=60)
+        if create.returncode != 0:
+            raise StartError(f"redis-cli --cluster create failed:\n{create.stdout[-2000:]}{create.stderr}")
+        self._wait_cluster_ok(cli, ports)
+        return "redis+cluster://" + ",".join(nodes)
+
+    @staticmethod
+    def _wait_cluster_ok(cli: str, ports: list[int], timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        pending = list(ports)
+        while pending:
+            info = subprocess.run([cli, "-p", str(pending[0]), "cluster", "info"], capture_output=True, text=True,
+                                  timeout=10).stdout
+            if "cluster_state:ok" in info:
+                pending.pop(0)
+            elif time.monotonic() > deadline:
+                raise StartError(f"redis cluster node {pending[0]} not ok after {timeout}s:\n{info}")
+            else:
+                time.sleep(0.1)
+
+    def start_chatsvc(self, redis: Proc | str) -> Proc:
+        """chatsvc over ``redis`` (a started redis-server, or a Redis URL)."""
         port = free_port()
+        url = redis if isinstance(redis, str) else f"redis://{redis.addr}/0"
         args = [sys.executable, "-m", "chatsvc", "--host", "127.0.0.1", "--port", str(port),
-                "--redis-url", f"redis://{redis.addr}/0", "--log-level", "WARNING", *self.chatsvc_args]
+                "--redis-url", url, "--log-level", "WARNING", *self.chatsvc_args]
         return self._spawn("chatsvc", args, port)
 
     def start_gateway(self, chatsvc: Proc) -> Proc:
@@ -165,7 +209,7 @@ class System:
         return self._spawn("gateway", args, port)
 
     def _spawn(self, name: str, args: list[str], port: int) -> Proc:
-        log = self._workdir / f"{name}.log"
+        log = self._workdir / f"{name}-{port}.log"
         with log.open("ab") as out:
             # A session of its own: Ctrl-C reaches only the bench, which stops the children in order.
             popen = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
@@ -188,8 +232,8 @@ class System:
         out: dict[str, float] = {}
         for p in self.procs:
             secs = [cpu_seconds(pid) for pid in family(p.popen.pid)]
-            if secs and secs[0] is not None:
-                out[p.name] = sum(s for s in secs if s is not None)
+            if secs and secs[0] is not None:  # processes of one name (cluster nodes) are summed
+                out[p.name] = out.get(p.name, 0.0) + sum(s for s in secs if s is not None)
         return out
 
     def peak_rss(self) -> dict[str, dict[str, int]]:
@@ -197,8 +241,12 @@ class System:
         out: dict[str, dict[str, int]] = {}
         for p in self.procs:
             kibs = [peak_rss_kib(pid) for pid in family(p.popen.pid)]
-            if kibs and kibs[0] is not None:
-                out[p.name] = {"pid": p.popen.pid, "peak_rss_kib": sum(k for k in kibs if k is not None)}
+            if kibs and kibs[0] is not None:  # processes of one name (cluster nodes) are summed
+                kib = sum(k for k in kibs if k is not None)
+                if p.name in out:
+                    out[p.name]["peak_rss_kib"] += kib
+                else:
+                    out[p.name] = {"pid": p.popen.pid, "peak_rss_kib": kib}
         return out
 
     def check_alive(self) -> None:

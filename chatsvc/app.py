@@ -17,6 +17,9 @@ from chatsvc.wire.idl import IMService
 
 log = logging.getLogger("chatsvc")
 
+# Time to close the Redis pool once the drain is over (used up or not).
+STORAGE_CLOSE_GRACE = 0.5
+
 
 @asynccontextmanager
 async def running(settings: ChatsvcSettings) -> AsyncIterator[ThriftServer]:
@@ -24,10 +27,13 @@ async def running(settings: ChatsvcSettings) -> AsyncIterator[ThriftServer]:
     storage = RedisStorage.from_url(settings.redis_url, pool_size=settings.redis_pool_size,
                                     timeout=settings.redis_timeout,
                                     connect_timeout=settings.redis_connect_timeout,
-                                    batch=settings.redis_batch)
+                                    batch=settings.redis_batch,
+                                    cluster=settings.redis_cluster,
+                                    wait_replicas=settings.redis_cluster_wait_replicas,
+                                    wait_timeout=settings.redis_cluster_wait_timeout)
     handler = IMServiceHandler(ChatService(storage, settings.limits))
     limits = ServerLimits(settings.wire_limits, settings.max_connections, settings.max_pipeline,
-                          settings.idle_timeout)
+                          settings.idle_timeout, settings.read_timeout)
     server = ThriftServer(IMService, handler, limits)
     try:
         await server.start(settings.host, settings.port)
@@ -36,8 +42,16 @@ async def running(settings: ChatsvcSettings) -> AsyncIterator[ThriftServer]:
                         settings.redis_url)
         yield server
     finally:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + settings.drain_timeout
         await server.close(settings.drain_timeout)
-        await storage.close()
+        # Calls still running past the drain timeout have been cut off (their connections are
+        # closed): do not wait up to REDIS_TIMEOUT more for their Redis commands.
+        try:
+            async with asyncio.timeout_at(max(deadline, loop.time() + STORAGE_CLOSE_GRACE)):
+                await storage.close()
+        except TimeoutError:
+            log.warning("Redis commands of abandoned calls still pending; not waiting for them")
 
 
 async def serve(settings: ChatsvcSettings) -> None:

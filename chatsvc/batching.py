@@ -6,16 +6,37 @@ fixed set of dedicated redis-py connections each takes the whole queue (up to ``
 as one pipelined write, reads the replies in order, and comes back for more. While all
 connections are busy the queue grows, so batches grow with the load by themselves. Each caller
 still gets its own reply or its own error.
+
+On a Redis Cluster, ``ClusterBatcher`` keeps one such batcher per master and sends each command to
+the master of its key's hash slot (see its docstring for redirections, failures and failovers);
+``ReplicatedBatcher`` adds ``WAIT`` to batches that write (REDIS_CLUSTER_WAIT_REPLICAS).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    ClusterError,
+    MovedError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 log = logging.getLogger("chatsvc.batching")
 
@@ -23,9 +44,21 @@ Command = tuple[Any, ...]
 
 
 class CommandBatcher:
-    def __init__(self, client: aioredis.Redis, connections: int = 4, max_batch: int = 512) -> None:
-        pool = client.connection_pool
-        self._idle: list[Any] = [pool.make_connection() for _ in range(connections)]  # type: ignore[no-untyped-call]
+    """Automatic pipelining over ``connections`` dedicated connections to one Redis server.
+
+    The connections come from ``client``'s pool settings, or from ``make_connection`` (a Redis
+    Cluster node's, see ``ClusterBatcher``).
+    """
+
+    def __init__(self, client: aioredis.Redis | None = None, connections: int = 4, max_batch: int = 512, *,
+                 make_connection: Callable[[], Any] | None = None) -> None:
+        connect: Callable[[], Any]
+        if make_connection is not None:
+            connect = make_connection
+        else:
+            assert client is not None, "CommandBatcher needs a client or make_connection"
+            connect = client.connection_pool.make_connection
+        self._idle: list[Any] = [connect() for _ in range(connections)]
         self._all = list(self._idle)
         self._max_batch = max_batch
         self._queue: list[tuple[Command, asyncio.Future[Any]]] = []
@@ -95,3 +128,251 @@ class CommandBatcher:
                 self._dispatch()
         for conn in self._all:
             await conn.disconnect()
+
+
+# --- Redis Cluster ---------------------------------------------------------------------------------
+
+# Where a command's key is (for ClusterBatcher's routing); every other command: argument 1.
+KEY_INDEX = {"EVALSHA": 3, "EVAL": 3, "FCALL": 3, "FCALL_RO": 3}
+# Commands that write (ReplicatedBatcher holds their replies until WAIT has counted the replicas).
+WRITE_COMMANDS = frozenset({"EVALSHA", "EVAL", "XADD"})
+# A command redirected more often than this (MOVED, TRYAGAIN) fails: the topology is in flux.
+MAX_REDIRECTS = 5
+TRYAGAIN_DELAY = 0.05
+# Topology refreshes (CLUSTER SLOTS) run in the background, at most once per this many seconds.
+REFRESH_INTERVAL = 0.2
+NO_RETRY = Retry(NoBackoff(), 0)
+
+
+class NotReplicated(RedisError):
+    """WAIT counted fewer replicas than required: the write is on the master only, and a failover
+    before it replicates would lose it. The caller cannot tell whether it will survive."""
+
+
+class ReplicatedBatcher(CommandBatcher):
+    """A ``CommandBatcher`` whose batches with writes end with ``WAIT <replicas> <timeout_ms>``.
+
+    WAIT, on the connection that carried the writes, returns once that many replicas have
+    acknowledged every write before it (or when the timeout runs out): one WAIT covers the whole
+    batch. A write succeeds only if WAIT counted enough replicas, else it fails with
+    ``NotReplicated``; reads in the batch are answered as soon as their reply is read.
+    """
+
+    def __init__(self, *args: Any, replicas: int, timeout_ms: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._replicas = replicas
+        self._wait: Command = ("WAIT", replicas, timeout_ms)
+
+    async def _exchange(self, conn: Any, batch: list[tuple[Command, asyncio.Future[Any]]]) -> None:  # type: ignore[override]
+        loop = asyncio.get_running_loop()
+        held: list[tuple[asyncio.Future[Any], asyncio.Future[Any]]] = []  # (caller's future, proxy)
+        sent: list[tuple[Command, asyncio.Future[Any]]] = []
+        for args, fut in batch:
+            if args[0] in WRITE_COMMANDS:
+                proxy: asyncio.Future[Any] = loop.create_future()
+                held.append((fut, proxy))
+                sent.append((args, proxy))
+            else:
+                sent.append((args, fut))
+        if not held:
+            return await CommandBatcher._exchange(conn, batch)
+        waited: asyncio.Future[Any] = loop.create_future()
+        sent.append((self._wait, waited))
+        try:
+            await CommandBatcher._exchange(conn, sent)
+        finally:
+            self._settle(held, waited)
+
+    def _settle(self, held: list[tuple[asyncio.Future[Any], asyncio.Future[Any]]],
+                waited: asyncio.Future[Any]) -> None:
+        failure: BaseException | None = None
+        if not waited.done() or waited.cancelled():
+            failure = NotReplicated("WAIT did not complete")
+        elif waited.exception() is not None:
+            failure = NotReplicated(f"WAIT failed: {waited.exception()}")
+        elif int(waited.result()) < self._replicas:
+            failure = NotReplicated(f"WAIT counted {waited.result()} of {self._replicas} replicas in time")
+        for fut, proxy in held:
+            if fut.done():
+                continue
+            if not proxy.done() or proxy.cancelled():
+                fut.cancel()
+            elif proxy.exception() is not None:
+                fut.set_exception(proxy.exception())  # type: ignore[arg-type]
+            elif failure is not None:
+                fut.set_exception(failure)
+            else:
+                fut.set_result(proxy.result())
+
+
+class ClusterBatcher:
+    """Automatic pipelining over a Redis Cluster: one ``CommandBatcher`` per master.
+
+    Each command goes to the batcher of the master that serves its key's hash slot, so batches
+    still grow with the load, per node, on dedicated connections. The slot map comes from
+    redis-py's ``RedisCluster`` (its ``NodesManager`` reads CLUSTER SLOTS from the startup
+    nodes) and is loaded on the first command.
+
+    What is sent again and what is not:
+
+    - MOVED (the slot has another owner: the route of that slot is patched and a full refresh
+      scheduled), ASK (the slot is being migrated: the command goes once to the importing node
+      after ASKING) and TRYAGAIN are answers to a command that was *not executed*: the command is
+      sent again, up to ``MAX_REDIRECTS`` times.
+    - A connection error or a timeout may come after the command ran (a send would be stored
+      twice if it were sent again): the call fails, and a topology refresh is scheduled so that
+      the next commands reach the new master once a replica has been promoted. CLUSTERDOWN
+      (a failover in progress) fails the call too, and schedules a refresh.
+
+    Refreshes run in the background, at most once per ``refresh_interval`` while errors keep
+    coming; masters that left the map have their batcher closed once its commands are answered.
+    """
+
+    def __init__(self, cluster: RedisCluster, connections: int = 4, max_batch: int = 512, *,
+                 wait_replicas: int = 0, wait_timeout: float = 0.5,
+                 refresh_interval: float = REFRESH_INTERVAL) -> None:
+        self._cluster = cluster
+        self._connections = connections
+        self._max_batch = max_batch
+        self._wait_replicas = wait_replicas
+        self._wait_timeout_ms = max(1, round(wait_timeout * 1000))
+        self._refresh_interval = refresh_interval
+        self._route: list[CommandBatcher | None] = []  # slot -> its master's batcher; [] until loaded
+        self._by_node: dict[str, CommandBatcher] = {}  # "host:port" -> batcher
+        self._load_lock = asyncio.Lock()
+        self._stale = False
+        self._refresher: asyncio.Task[None] | None = None
+        self._closing: set[asyncio.Task[None]] = set()
+
+    async def execute(self, *args: Any) -> Any:
+        """Run one command in the next batch to its key's master; returns its reply or raises."""
+        key = args[KEY_INDEX.get(args[0], 1)]
+        slot = key_slot(key.encode() if isinstance(key, str) else key)
+        if not self._route:
+            await self._load()
+        batcher = self._route[slot]
+        redirects = 0
+        while True:
+            if batcher is None:
+                self._schedule_refresh()
+                raise ClusterDownError(f"CLUSTERDOWN no master serves slot {slot}")
+            try:
+                return await batcher.execute(*args)
+            except MovedError as exc:  # before AskError, its base class
+                batcher = self._moved(exc)
+            except AskError as exc:
+                return await self._asking(exc, args)
+            except TryAgainError:
+                await asyncio.sleep(TRYAGAIN_DELAY)
+                batcher = self._route[slot]
+            except (ClusterDownError, RedisConnectionError, RedisTimeoutError, OSError):
+                self._schedule_refresh()
+                raise
+            redirects += 1
+            if redirects > MAX_REDIRECTS:
+                self._schedule_refresh()
+                raise ClusterError(f"slot {slot}: still redirected after {MAX_REDIRECTS} attempts")
+
+    # -- topology
+
+    async def _load(self) -> None:
+        async with self._load_lock:
+            if not self._route:
+                await self._refresh()
+
+    async def _refresh(self) -> None:
+        """Read CLUSTER SLOTS again and route every slot to its master's batcher."""
+        try:
+            await self._cluster.nodes_manager.initialize()
+        except RedisClusterException as exc:  # not a RedisError: no startup node answered
+            raise RedisConnectionError(f"Redis Cluster topology unavailable: {exc}") from exc
+        route: list[CommandBatcher | None] = [None] * REDIS_CLUSTER_HASH_SLOTS
+        masters: dict[str, CommandBatcher] = {}
+        for slot, nodes in self._cluster.nodes_manager.slots_cache.items():
+            if not nodes:
+                continue
+            node = nodes[0]
+            batcher = masters.get(node.name)
+            if batcher is None:
+                batcher = masters[node.name] = self._by_node.get(node.name) or self._new_batcher(node)
+            route[slot] = batcher
+        gone = [b for name, b in self._by_node.items() if name not in masters]
+        self._by_node = masters
+        self._route = route
+        for batcher in gone:
+            self._close_later(batcher)
+
+    def _schedule_refresh(self) -> None:
+        self._stale = True
+        if self._refresher is None or self._refresher.done():
+            self._refresher = asyncio.get_running_loop().create_task(self._refresh_loop())
+
+    async def _refresh_loop(self) -> None:
+        while self._stale:
+            self._stale = False
+            try:
+                await self._refresh()
+            except Exception as exc:  # the next failing command asks again
+                log.warning("Redis Cluster topology refresh failed: %s", exc)
+            await asyncio.sleep(self._refresh_interval)
+
+    def _moved(self, exc: MovedError) -> CommandBatcher:
+        """Route ``exc``'s slot to the node it names; a full refresh follows in the background."""
+        batcher = self._batcher_at(exc.host, exc.port)
+        if self._route:
+            self._route[exc.slot_id] = batcher
+        self._schedule_refresh()
+        return batcher
+
+    def _node(self, host: str, port: int) -> ClusterNode:
+        known = self._cluster.nodes_manager.get_node(host, port)
+        if known is not None:
+            return known
+        kwargs: dict[str, Any] = dict(self._cluster.get_connection_kwargs())
+        return ClusterNode(host, port, **kwargs)
+
+    def _batcher_at(self, host: str, port: int) -> CommandBatcher:
+        node = self._node(host, port)
+        batcher = self._by_node.get(node.name)
+        if batcher is None:
+            batcher = self._by_node[node.name] = self._new_batcher(node)
+        return batcher
+
+    def _new_batcher(self, node: ClusterNode) -> CommandBatcher:
+        kwargs = {**node.connection_kwargs, "retry": NO_RETRY}  # no retries: see the class docstring
+
+        def make_connection() -> Any:
+            return node.connection_class(**kwargs)
+
+        if self._wait_replicas:
+            return ReplicatedBatcher(None, self._connections, self._max_batch, make_connection=make_connection,
+                                     replicas=self._wait_replicas, timeout_ms=self._wait_timeout_ms)
+        return CommandBatcher(None, self._connections, self._max_batch, make_connection=make_connection)
+
+    async def _asking(self, exc: AskError, args: Command) -> Any:
+        """``args`` once on the importing node, after ASKING on the same connection (slot migration only)."""
+        node = self._node(exc.host, exc.port)
+        conn = node.connection_class(**{**node.connection_kwargs, "retry": NO_RETRY})
+        try:
+            await conn.send_packed_command(conn.pack_commands([("ASKING",), args]), check_health=False)
+            await conn.read_response()
+            return await conn.read_response()
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            self._schedule_refresh()
+            raise
+        finally:
+            await conn.disconnect()
+
+    def _close_later(self, batcher: CommandBatcher) -> None:
+        task = asyncio.get_running_loop().create_task(batcher.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def close(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
+        batchers = list(self._by_node.values())
+        self._by_node, self._route = {}, []
+        await asyncio.gather(*(b.close() for b in batchers), *self._closing, return_exceptions=True)

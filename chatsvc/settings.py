@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from chatsvc.config import setting
+from chatsvc.storage import is_cluster_url, parse_cluster_url
 
 MiB = 1024 * 1024
 
@@ -41,6 +42,13 @@ class ChatsvcSettings:
     redis_timeout: float = setting(2.0, "REDIS_TIMEOUT", "seconds per Redis command")
     redis_connect_timeout: float = setting(1.0, "REDIS_CONNECT_TIMEOUT", "seconds to connect")
     redis_batch: bool = setting(True, "REDIS_BATCH", "pipeline concurrent calls' Redis commands")
+    redis_cluster: bool = setting(False, "REDIS_CLUSTER",
+                                  "REDIS_URL is a Redis Cluster node (redis+cluster:// URLs always are)")
+    redis_cluster_wait_replicas: int = setting(0, "REDIS_CLUSTER_WAIT_REPLICAS",
+                                               "cluster: a send succeeds once WAIT counts this many "
+                                               "replicas with it (0: off, asynchronous replication)")
+    redis_cluster_wait_timeout: float = setting(0.5, "REDIS_CLUSTER_WAIT_TIMEOUT",
+                                                "cluster: seconds WAIT waits for the replicas")
     default_limit: int = setting(10, "CHATSVC_DEFAULT_LIMIT", "pull page size when Limit is 0")
     max_limit: int = setting(100, "CHATSVC_MAX_LIMIT", "larger pull limits are clamped to this")
     max_member_bytes: int = setting(64, "CHATSVC_MAX_MEMBER_BYTES", "max UTF-8 bytes of a name")
@@ -64,9 +72,26 @@ class ChatsvcSettings:
                      "max_header_bytes", "max_connections", "max_pipeline"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
+        self._validate_redis()
         if self.max_frame_bytes >= 256 * MiB:
             # A framed length whose top bytes read 10 00 would be taken for a TTHeader.
             raise ValueError("max_frame_bytes must be below 256 MiB")
+
+    @property
+    def redis_cluster_mode(self) -> bool:
+        """Use redis-py's RedisCluster: a ``redis+cluster://`` URL, or REDIS_CLUSTER=true."""
+        return self.redis_cluster or is_cluster_url(self.redis_url)
+
+    def _validate_redis(self) -> None:
+        if self.redis_cluster_mode:
+            parse_cluster_url(self.redis_url)  # raises ValueError with the reason
+        if self.redis_cluster_wait_replicas < 0:
+            raise ValueError("redis_cluster_wait_replicas must not be negative")
+        if self.redis_cluster_wait_replicas:
+            if not (self.redis_cluster_mode and self.redis_batch):
+                raise ValueError("REDIS_CLUSTER_WAIT_REPLICAS needs a Redis Cluster and REDIS_BATCH=true")
+            if not 0 < self.redis_cluster_wait_timeout < self.redis_timeout:
+                raise ValueError("need 0 < redis_cluster_wait_timeout < redis_timeout")
 
     @property
     def limits(self) -> Limits:

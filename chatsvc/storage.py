@@ -3,20 +3,36 @@
 One Redis Stream per chat, key ``chat:{<canonical chat>}``: the braces make the chat id a Redis
 Cluster hash tag. An entry's id is ``<send_time>-0`` (send_time in microseconds) and its fields are
 ``s`` (sender) and ``x`` (text), so paging by send_time is a plain ``XRANGE``/``XREVRANGE``.
+
+Every command touches exactly one key, so a chat lives wholly on one Redis Cluster shard and the
+same commands run unchanged on a single Redis or on a cluster: ``from_url`` picks the client
+(``redis+cluster://host:port[,host:port...]`` or ``cluster=True`` for redis-py's ``RedisCluster``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
+from urllib.parse import unquote
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
-from chatsvc.batching import CommandBatcher
+from chatsvc.batching import ClusterBatcher, CommandBatcher
+from chatsvc.config import parse_addr
 from chatsvc.errors import StorageUnavailable
+
+CLUSTER_SCHEMES = {"redis+cluster": False, "rediss+cluster": True}  # scheme -> TLS
+REDIS_DEFAULT_PORT = 6379
+# Redis errors, and the one redis-py cluster error that is not a RedisError (no node reachable).
+STORAGE_ERRORS = (RedisError, RedisClusterException, OSError)
 
 # send_time = max(Redis clock in µs, last send_time + 1), assigned atomically with the write so
 # that concurrent sends to one chat never share a time. Numbers are formatted with %.0f because
@@ -46,16 +62,116 @@ def chat_key(canonical_chat: str) -> str:
     return "chat:{" + canonical_chat + "}"
 
 
-class RedisStorage:
-    """Append and range-read chat messages in Redis."""
+@dataclass(frozen=True)
+class ClusterAddress:
+    """Where a Redis Cluster is: its startup nodes and credentials."""
 
-    def __init__(self, client: aioredis.Redis, batch: bool = True) -> None:
+    nodes: tuple[tuple[str, int], ...]
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+
+
+def is_cluster_url(url: str) -> bool:
+    return url.partition("://")[0].lower() in CLUSTER_SCHEMES
+
+
+def parse_cluster_url(url: str) -> ClusterAddress:
+    """``redis+cluster://[user:password@]host:port[,host:port...][/0]`` (``rediss+cluster`` for TLS),
+    or a plain ``redis://``/``rediss://`` URL naming one startup node. Raises ValueError."""
+    scheme, sep, rest = url.partition("://")
+    scheme = scheme.lower()
+    if not sep or scheme not in {*CLUSTER_SCHEMES, "redis", "rediss"}:
+        raise ValueError(f"not a Redis URL: {url!r}")
+    netloc, _, path = rest.partition("/")
+    path, _, query = path.partition("?")
+    if query or path not in ("", "0"):
+        raise ValueError(f"a Redis Cluster URL takes no query and only database 0: {url!r}")
+    userinfo, at, hosts = netloc.rpartition("@")
+    username = password = None
+    if at:
+        user, colon, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if colon else None
+    nodes = tuple(parse_addr(h, REDIS_DEFAULT_PORT) for h in hosts.split(",") if h.strip())
+    if not nodes:
+        raise ValueError(f"no Redis Cluster node in {url!r}")
+    if any(not 0 < port < 65536 for _, port in nodes):
+        raise ValueError(f"port out of range in {url!r}")
+    tls = CLUSTER_SCHEMES.get(scheme, scheme == "rediss")
+    return ClusterAddress(nodes, username, password, tls)
+
+
+def redacted(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (for logs)."""
+    scheme, sep, rest = url.partition("://")
+    netloc, slash, tail = rest.partition("/")
+    userinfo, at, hosts = netloc.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    return f"{scheme}{sep}{userinfo.partition(':')[0]}:***@{hosts}{slash}{tail}"
+
+
+class Executor(Protocol):
+    async def execute(self, *args: Any) -> Any: ...
+    async def close(self) -> None: ...
+
+
+class BoundedClusterCommands:
+    """Cluster commands one by one through ``RedisCluster.execute_command`` (REDIS_BATCH=false).
+
+    Two redis-py 8 habits are worked around here. Its cluster node pools raise MaxConnectionsError
+    when all their connections are busy instead of waiting for one: at most ``limit`` commands
+    run at once, so no node's pool (``max_connections=limit``) runs out, and a command waits up
+    to ``timeout`` for its turn. And commands issued while it loads the slot map for the first
+    time can go to the wrong node (they come back MOVED): the map is loaded before any command.
+    """
+
+    def __init__(self, cluster: RedisCluster, limit: int, timeout: float) -> None:
+        self._cluster = cluster
+        self._slots = asyncio.Semaphore(limit)
+        self._timeout = timeout
+        self._init_lock = asyncio.Lock()
+
+    async def execute(self, *args: Any) -> Any:
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise RedisConnectionError(f"no Redis connection free within {self._timeout}s") from None
+        try:
+            if self._cluster._initialize:  # the slot map is not loaded (or redis-py dropped it)
+                async with self._init_lock:
+                    await self._cluster.initialize()
+            return await self._cluster.execute_command(*args)
+        finally:
+            self._slots.release()
+
+    async def close(self) -> None:
+        pass
+
+
+class RedisStorage:
+    """Append and range-read chat messages in Redis (one server or a Redis Cluster)."""
+
+    def __init__(self, client: aioredis.Redis | RedisCluster, batch: bool = True, *,
+                 executor: Executor | None = None) -> None:
         self._redis = client
-        self._batcher = CommandBatcher(client) if batch else None
+        self._batcher: Executor | None = executor
+        if executor is None and batch:
+            assert isinstance(client, aioredis.Redis), "a RedisCluster needs an executor"
+            self._batcher = CommandBatcher(client)
 
     @classmethod
     def from_url(cls, url: str, *, pool_size: int, timeout: float, connect_timeout: float,
-                 batch: bool = True) -> RedisStorage:
+                 batch: bool = True, cluster: bool = False, wait_replicas: int = 0,
+                 wait_timeout: float = 0.5) -> RedisStorage:
+        """A storage over ``url``: one Redis, or a Redis Cluster when ``url`` is a
+        ``redis+cluster://`` URL or ``cluster`` is true (``wait_replicas``: see ClusterBatcher)."""
+        if cluster or is_cluster_url(url):
+            return cls._cluster(parse_cluster_url(url), pool_size=pool_size, timeout=timeout,
+                                connect_timeout=connect_timeout, batch=batch, wait_replicas=wait_replicas,
+                                wait_timeout=wait_timeout)
         # No automatic retries: a retried script could store a message twice.
         pool = aioredis.BlockingConnectionPool.from_url(
             url,
@@ -68,33 +184,74 @@ class RedisStorage:
         )
         return cls(aioredis.Redis(connection_pool=pool), batch)
 
+    @classmethod
+    def _cluster(cls, address: ClusterAddress, *, pool_size: int, timeout: float, connect_timeout: float,
+                 batch: bool, wait_replicas: int, wait_timeout: float) -> RedisStorage:
+        client = RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in address.nodes],
+            username=address.username,
+            password=address.password,
+            ssl=address.tls,
+            decode_responses=True,
+            socket_timeout=timeout,
+            socket_connect_timeout=connect_timeout,
+            max_connections=pool_size,  # per node
+            # No retries of connection errors, timeouts or CLUSTERDOWN (a send could run twice);
+            # MOVED, ASK and TRYAGAIN (never executed) are still followed.
+            retry=Retry(NoBackoff(), 0),
+            # The URL's nodes stay the ones asked for the slot map (names, not the IPs that
+            # CLUSTER SLOTS reports, which may change when a container restarts).
+            dynamic_startup_nodes=False,
+            # Keep serving the slots that have a master while another shard fails over.
+            require_full_coverage=False,
+            # On MOVED, redis-py re-reads the slot map every reinitialize_steps-th time by closing
+            # every connection, cutting off the commands in flight on all nodes: patch the one
+            # slot instead (ClusterBatcher does its own refreshes).
+            reinitialize_steps=0,
+        )
+        executor: Executor = (ClusterBatcher(client, wait_replicas=wait_replicas, wait_timeout=wait_timeout)
+                              if batch else BoundedClusterCommands(client, pool_size, timeout))
+        return cls(client, batch, executor=executor)
+
     async def close(self) -> None:
         if self._batcher is not None:
             await self._batcher.close()
-        await self._redis.aclose(close_connection_pool=True)
+        if isinstance(self._redis, RedisCluster):
+            await self._redis.aclose()
+            # aclose() skips a client that redis-py did not initialize itself (ClusterBatcher reads
+            # the slot map through its NodesManager): close the nodes' connections here.
+            for nodes in ("nodes_cache", "startup_nodes"):
+                with contextlib.suppress(*STORAGE_ERRORS):
+                    await self._redis.nodes_manager.aclose(nodes)
+        else:
+            await self._redis.aclose(close_connection_pool=True)
 
     async def _command(self, *args: Any) -> Any:
         """One command, through the batcher (automatic pipelining) when it is on."""
         if self._batcher is not None:
             return await self._batcher.execute(*args)
-        return await self._redis.execute_command(*args)  # type: ignore[no-untyped-call]
+        return await self._redis.execute_command(*args)
 
     async def ping(self) -> bool:
+        """Does Redis answer (on a cluster: every master)?"""
         try:
+            if isinstance(self._redis, RedisCluster):
+                return bool(await self._redis.ping(target_nodes=RedisCluster.PRIMARIES))
             return bool(await self._redis.ping())
-        except (RedisError, OSError):
+        except STORAGE_ERRORS:
             return False
 
     async def append(self, chat: str, sender: str, text: str) -> int:
         """Store a message in ``chat``; returns its send_time (µs)."""
-        args = ("EVALSHA", SEND_SCRIPT_SHA, 1, chat_key(chat), sender, text)
+        key = chat_key(chat)
         try:
             try:
-                send_time = await self._command(*args)
-            except NoScriptError:  # not executed: safe to load the script and run it once more
-                await self._redis.script_load(SEND_SCRIPT)
-                send_time = await self._command(*args)
-        except (RedisError, OSError) as exc:
+                send_time = await self._command("EVALSHA", SEND_SCRIPT_SHA, 1, key, sender, text)
+            except NoScriptError:
+                # Not executed (a restarted Redis, or a replica promoted by a failover, has an empty
+                # script cache): EVAL runs it once more, on the same node, and caches it there.
+                send_time = await self._command("EVAL", SEND_SCRIPT, 1, key, sender, text)
+        except STORAGE_ERRORS as exc:
             raise StorageUnavailable(type(exc).__name__) from exc
         return int(send_time)
 
@@ -110,7 +267,7 @@ class RedisStorage:
                 entries = await self._command("XREVRANGE", key, str(cursor) if cursor else "+", "-", "COUNT", count)
             else:
                 entries = await self._command("XRANGE", key, str(cursor), "+", "COUNT", count)
-        except (RedisError, OSError) as exc:
+        except STORAGE_ERRORS as exc:
             raise StorageUnavailable(type(exc).__name__) from exc
         return [_message(eid, fields) for eid, fields in entries]
 

@@ -29,7 +29,7 @@ import yaml
 
 from chatsvc.config import parse_addr
 from chatsvc.settings import ChatsvcSettings
-from tests.procs import ROOT, need_tool
+from tests.procs import ROOT, need_tool, start_gateway
 
 DEPLOY = ROOT / "deploy"
 DOCKERFILE = DEPLOY / "Dockerfile"
@@ -584,15 +584,43 @@ def _compose_cli() -> list[str] | None:
     return [found] if found else None
 
 
-@pytest.mark.parametrize("path", [COMPOSE, COMPOSE_TEST], ids=lambda p: p.name)
-def test_docker_compose_config_validates(path):
-    """Compose's own schema validation; .ci/run installs Debian's docker-compose for it."""
+def _compose_config(path: Path, **env: str) -> subprocess.CompletedProcess[str]:
     cli = _compose_cli()
     need_tool(cli is not None, "neither `docker compose` nor `docker-compose` is installed")
     assert cli is not None
-    result = subprocess.run([*cli, "-f", str(path), "config", "-q"], capture_output=True, text=True,
-                            timeout=60, cwd=ROOT)
+    environ = {k: v for k, v in os.environ.items() if k != "GATEWAY_JWT_SECRET"}
+    return subprocess.run([*cli, "-f", str(path), "config", "-q"], capture_output=True, text=True,
+                          timeout=60, cwd=ROOT, env={**environ, **env})
+
+
+@pytest.mark.parametrize("path", [COMPOSE, COMPOSE_TEST], ids=lambda p: p.name)
+def test_docker_compose_config_validates(path):
+    """Compose's own schema validation; .ci/run installs Debian's docker-compose for it."""
+    result = _compose_config(path, GATEWAY_JWT_SECRET="x" * 64)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("path", [COMPOSE, COMPOSE_TEST], ids=lambda p: p.name)
+def test_docker_compose_refuses_to_start_without_the_jwt_secret(path):
+    result = _compose_config(path)
+    assert result.returncode != 0
+    assert "GATEWAY_JWT_SECRET" in result.stderr
+
+
+# --- authentication ----------------------------------------------------------------------------
+
+SECRET_REF = re.compile(r"\$\{GATEWAY_JWT_SECRET:\?[^}]+\}")
+
+
+def test_gateway_auth_is_on_with_the_secret_from_the_environment(any_compose):
+    env = env_of(any_compose["gateway"])
+    assert env.get("GATEWAY_AUTH", "").lower() == "true", "authentication is off in the deployment"
+    # Never a literal secret in the repo, never a silent default: `${VAR:?message}` only.
+    assert SECRET_REF.fullmatch(env.get("GATEWAY_JWT_SECRET", "")), env.get("GATEWAY_JWT_SECRET")
+
+
+def test_test_stack_smoke_check_signs_with_the_gateway_secret(compose_test):
+    assert env_of(compose_test["tests"]).get("GATEWAY_JWT_SECRET") == env_of(compose_test["gateway"])["GATEWAY_JWT_SECRET"]
 
 
 # --- the smoke script, against a local stack ---------------------------------------------------
@@ -607,3 +635,181 @@ def test_smoke_script_against_local_stack(gateway_url):
                             env={**os.environ, "GATEWAY_URL": gateway_url, "SMOKE_WAIT": "10"})
     assert result.returncode == 0, result.stdout + result.stderr
     assert "all checks passed" in result.stdout
+
+
+def test_smoke_script_against_local_stack_with_auth(logdir, chatsvc_proc):
+    """As the test stack runs it: the gateway with GATEWAY_AUTH on, smoke.py with the same secret."""
+    secret = "s" * 32
+    gateway = start_gateway(logdir, chatsvc_proc.addr, env={"GATEWAY_AUTH": "true", "GATEWAY_JWT_SECRET": secret})
+    try:
+        url = f"http://127.0.0.1:{gateway.port}"
+        env = {**os.environ, "GATEWAY_URL": url, "SMOKE_WAIT": "10"}
+        env.pop("GATEWAY_JWT_SECRET", None)
+        refused = subprocess.run([sys.executable, str(SMOKE)], capture_output=True, text=True, timeout=60, env=env)
+        assert refused.returncode == 1 and "401" in refused.stderr, refused.stdout + refused.stderr
+        result = subprocess.run([sys.executable, str(SMOKE)], capture_output=True, text=True, timeout=60,
+                                env={**env, "GATEWAY_JWT_SECRET": secret})
+        assert result.returncode == 0, result.stdout + result.stderr + gateway.output()
+    finally:
+        gateway.kill()
+
+
+# --- docker-compose.cluster.yml: the same stack on a 6-node Redis Cluster ------------------------
+
+COMPOSE_CLUSTER = DEPLOY / "docker-compose.cluster.yml"
+REDIS_CLUSTER_CONF = DEPLOY / "redis-cluster.conf"
+CLUSTER_NODES = tuple(f"redis-{i}" for i in range(1, 7))
+CLUSTER_INIT = "redis-cluster-init"
+CLUSTER_REPLICAS = 1
+
+
+def conf_directives(path: Path) -> dict[str, list[str]]:
+    """Directive -> its last value (as words), from a redis.conf-style file."""
+    assert path.is_file(), f"{path.relative_to(ROOT)} is missing"
+    conf: dict[str, list[str]] = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, *args = shlex.split(line)
+            conf[key.lower()] = args
+    return conf
+
+
+def mounts_of(svc: dict[str, Any]) -> dict[str, str]:
+    """Container path -> source (a path relative to deploy/, or a volume name)."""
+    out = {}
+    for vol in svc.get("volumes") or []:
+        source, target, *_ = vol.split(":") if isinstance(vol, str) else (vol.get("source"), vol.get("target"))
+        out[target] = source
+    return out
+
+
+@pytest.fixture(scope="module")
+def compose_cluster_doc() -> dict[str, Any]:
+    return load_yaml(COMPOSE_CLUSTER)
+
+
+@pytest.fixture(scope="module")
+def compose_cluster(compose_cluster_doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return services(compose_cluster_doc)
+
+
+def cluster_node_ips(compose_cluster: dict[str, dict[str, Any]]) -> dict[str, str]:
+    ips = {}
+    for name in CLUSTER_NODES:
+        nets = compose_cluster[name].get("networks")
+        assert isinstance(nets, dict) and list(nets) == ["backend"], f"{name}: networks {nets}"
+        ips[name] = nets["backend"]["ipv4_address"]
+    return ips
+
+
+def test_cluster_stack_services(compose_cluster):
+    assert set(compose_cluster) == {*CLUSTER_NODES, CLUSTER_INIT, "chatsvc", "gateway"}
+    masters, rest = divmod(len(CLUSTER_NODES), 1 + CLUSTER_REPLICAS)
+    assert masters >= 3 and rest == 0, "a Redis Cluster needs 3+ masters, each with its replicas"
+
+
+def test_cluster_nodes_run_the_cluster_conf_over_redis_conf(compose_cluster, compose_cluster_doc):
+    conf = conf_directives(REDIS_CLUSTER_CONF)
+    assert conf.get("cluster-enabled") == ["yes"]
+    assert int(conf["cluster-node-timeout"][0]) > 0
+    assert "/" not in conf["cluster-config-file"][0], "nodes.conf must live in dir (/data, the volume)"
+    [included] = conf["include"]
+    data_volumes = set()
+    for name in CLUSTER_NODES:
+        svc = compose_cluster[name]
+        assert svc.get("image", "").startswith("redis:7"), name
+        argv = argv_of(svc.get("command"))
+        assert argv[0] == "redis-server", argv
+        mounts = mounts_of(svc)
+        assert (DEPLOY / mounts[argv[1]]).resolve() == REDIS_CLUSTER_CONF.resolve(), f"{name} runs {argv[1]}"
+        assert (DEPLOY / mounts[included]).resolve() == REDIS_CONF.resolve(), f"{name}: {included} is not redis.conf"
+        # Each node announces its own service name (CLUSTER SLOTS and MOVED carry hostnames).
+        assert argv[argv.index("--cluster-announce-hostname") + 1] == name
+        volume = mounts["/data"]
+        assert volume in (compose_cluster_doc.get("volumes") or {}), f"{name}: /data is not a named volume"
+        data_volumes.add(volume)
+    assert len(data_volumes) == len(CLUSTER_NODES), "every node needs its own /data (AOF and nodes.conf)"
+    assert conf.get("cluster-preferred-endpoint-type") == ["hostname"]
+    assert redis_conf().get("appendonly") == ["yes"] and redis_conf().get("dir") == ["/data"]
+
+
+def test_cluster_init_creates_the_cluster_from_every_node(compose_cluster, compose_cluster_doc):
+    import ipaddress
+
+    ips = cluster_node_ips(compose_cluster)
+    assert len(set(ips.values())) == len(ips)
+    [ipam] = compose_cluster_doc["networks"]["backend"]["ipam"]["config"]
+    subnet, dynamic = ipaddress.ip_network(ipam["subnet"]), ipaddress.ip_network(ipam["ip_range"])
+    for name, ip in ips.items():
+        assert ipaddress.ip_address(ip) in subnet and ipaddress.ip_address(ip) not in dynamic, (name, ip)
+    port = int(redis_conf().get("port", [REDIS_DEFAULT_PORT])[0])
+
+    init = compose_cluster[CLUSTER_INIT]
+    script = " ".join(argv_of(init.get("command")))
+    create = re.search(r"redis-cli --cluster create ((?:\S+:\d+ )+)--cluster-replicas (\d+) --cluster-yes", script)
+    assert create, script
+    assert create.group(1).split() == [f"{ips[n]}:{port}" for n in CLUSTER_NODES]
+    assert int(create.group(2)) == CLUSTER_REPLICAS
+    assert "cluster_state:ok" in script and all(n in script for n in CLUSTER_NODES), "init must wait for every node"
+    assert "cluster_known_nodes" in script, "init must not try to create an existing cluster again"
+    assert depends_on(init) == {n: "service_healthy" for n in CLUSTER_NODES}
+    assert init.get("restart") == "no" and not init.get("ports") and not init.get("healthcheck")
+    assert init.get("image") == compose_cluster[CLUSTER_NODES[0]].get("image")
+
+
+def test_cluster_chatsvc_uses_every_node_as_a_startup_node(compose_cluster):
+    from chatsvc import config
+    from chatsvc.storage import is_cluster_url, parse_cluster_url
+
+    env = env_of(compose_cluster["chatsvc"])
+    url = env["REDIS_URL"]
+    port = int(redis_conf().get("port", [REDIS_DEFAULT_PORT])[0])
+    assert is_cluster_url(url)
+    assert parse_cluster_url(url).nodes == tuple((n, port) for n in CLUSTER_NODES)
+    assert config.load(ChatsvcSettings, [], env).redis_cluster_mode
+    assert depends_on(compose_cluster["chatsvc"]) == {CLUSTER_INIT: "service_completed_successfully"}
+
+
+def test_cluster_stack_keeps_chatsvc_and_gateway_in_step_with_compose(compose, compose_cluster):
+    """Only REDIS_URL (and what chatsvc waits for) differ from docker-compose.yml."""
+    for name in ("chatsvc", "gateway"):
+        real, clustered = compose[name], compose_cluster[name]
+        for key in ("command", "healthcheck", "build", "image", "restart", "init", "stop_grace_period", "ports",
+                    "expose", "networks"):
+            assert clustered.get(key) == real.get(key), f"{name}: {key} differs from docker-compose.yml"
+        real_env, cluster_env = env_of(real), env_of(clustered)
+        if name == "chatsvc":
+            real_env.pop("REDIS_URL"), cluster_env.pop("REDIS_URL")
+        assert cluster_env == real_env, name
+    assert depends_on(compose_cluster["gateway"]) == depends_on(compose["gateway"])
+
+
+def test_cluster_stack_healthchecks_networks_and_ports(compose_cluster, compose_cluster_doc):
+    nets = compose_cluster_doc.get("networks") or {}
+    for name, svc in compose_cluster.items():
+        if name != CLUSTER_INIT:
+            check = svc.get("healthcheck")
+            assert check and argv_of(check["test"])[0] in ("CMD", "CMD-SHELL"), f"{name} has no healthcheck"
+        for dep, condition in depends_on(svc).items():
+            assert dep in compose_cluster, f"{name} depends on unknown {dep}"
+            if condition == "service_healthy":
+                assert compose_cluster[dep].get("healthcheck"), f"{name} waits for {dep}'s health: it has none"
+        if name != "gateway":
+            assert not svc.get("ports"), f"{name} publishes ports"
+            for net in svc.get("networks") or ["default"]:
+                assert (nets.get(net) or {}).get("internal") is True, f"{name} on non-internal network {net}"
+        for source in mounts_of(svc).values():
+            if source.startswith((".", "/")):
+                assert (DEPLOY / source).exists(), f"{name} mounts missing {source}"
+    for name in CLUSTER_NODES:
+        assert "redis-cli ping" in healthcheck_text(compose_cluster[name])
+        assert compose_cluster[name].get("restart") == "unless-stopped"
+    assert depends_on(compose_cluster["gateway"]).get("chatsvc") == "service_healthy"
+
+
+def test_docker_compose_config_validates_the_cluster_stack():
+    """Compose's own schema validation (as for docker-compose.yml and docker-compose.test.yml)."""
+    result = _compose_config(COMPOSE_CLUSTER, GATEWAY_JWT_SECRET="x" * 64)
+    assert result.returncode == 0, result.stderr
+    assert _compose_config(COMPOSE_CLUSTER).returncode != 0, "the cluster stack starts without GATEWAY_JWT_SECRET"

@@ -182,7 +182,7 @@ async def test_300_concurrent_sends_page_exactly_once_in_order(http):
     assert backward == forward[::-1]
 
 
-@pytest.mark.parametrize("name", ["{x", "x}", "{x}", "*", "a*b?[c]", "chat:{a", "$(rm -rf)", "'; DROP", "ü{}"])
+@pytest.mark.parametrize("name", ["{x", "x}", "{x}", "*", "a*b?[c]", "chat{a", "$(rm -rf)", "'; DROP", "ü{}"])
 async def test_key_injection_shapes_are_stored_harmlessly(http, name):
     """Braces, globs and quotes in member names are data: each chat keeps its own messages."""
     c = f"{name}:zed"

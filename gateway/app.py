@@ -63,7 +63,7 @@ def load_openapi() -> bytes:
 
 def create_app(settings: GatewaySettings) -> web.Application:
     limiter = connections.ConnectionLimiter(settings.max_connections, settings.header_timeout)
-    middlewares: list[Middleware] = [connections.middleware(limiter), errors_middleware]
+    middlewares: list[Middleware] = [errors_middleware]
     if settings.auth:
         middlewares.append(auth.middleware(auth.TokenVerifier(settings.jwt_secret, settings.jwt_leeway)))
     app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_bytes)

@@ -16,8 +16,7 @@ by a ``ConnectionLimiter`` and served through ``LimitedSite``:
 - a body must be in within ``GATEWAY_BODY_TIMEOUT`` once its headers are (the handlers' 408), and
   an idle keep-alive connection is closed after aiohttp's ``keepalive_timeout``.
 
-``middleware`` tells a connection when a request's headers are in (its handler starts) and when
-its handler is done; while a handler runs, the header clock is stopped.
+While a handler runs, the header clock is stopped; it restarts with the next request's first byte.
 """
 
 from __future__ import annotations
@@ -30,7 +29,6 @@ from typing import cast
 
 import orjson
 from aiohttp import web
-from aiohttp.typedefs import Handler, Middleware
 from aiohttp.web_protocol import RequestHandler
 from yarl import URL
 
@@ -52,15 +50,19 @@ def _refusal(limit: int) -> bytes:
 
 
 class ConnectionLimiter:
-    """Counts open connections and makes a ``GuardedConnection`` for each new one."""
+    """Counts open connections, makes a ``GuardedConnection`` for each new one, and sweeps them.
+
+    The header clock costs nothing per request: each connection notes when a request's first
+    bytes arrived without its headers being complete, and one timer per process sweeps the open
+    connections every ``header_timeout / 4`` for those that have waited too long.
+    """
 
     def __init__(self, max_connections: int, header_timeout: float) -> None:
         self.max_connections = max_connections
         self.header_timeout = header_timeout
         self._refusal = _refusal(max_connections)
-        self._open: dict[RequestHandler, GuardedConnection] = {}
-        # Connections between two requests, longest idle first (dicts keep insertion order).
-        self._idle: dict[GuardedConnection, None] = {}
+        self._open: set[GuardedConnection] = set()
+        self._sweeper: asyncio.TimerHandle | None = None
         self.refused = 0  # since start
         self._refused_logged = (0, float("-inf"))  # (count, loop time) at the last warning
 
@@ -72,15 +74,13 @@ class ConnectionLimiter:
         """The protocol factory for ``loop.create_server``, around aiohttp's ``server``."""
         return lambda: GuardedConnection(self, server)
 
-    def connection_for(self, handler: RequestHandler) -> GuardedConnection | None:
-        return self._open.get(handler)
-
     def _admit(self) -> bool:
         if len(self._open) < self.max_connections:
             return True
-        for conn in self._idle:
-            if conn.evict():
-                return True
+        idle = [c for c in self._open if c.idle]
+        if idle:  # the one idle longest makes room, as its client is the least likely to miss it
+            min(idle, key=lambda c: c.last_data).evict()
+            return True
         self.refused += 1
         now = asyncio.get_running_loop().time()
         count, at = self._refused_logged
@@ -90,33 +90,46 @@ class ConnectionLimiter:
             self._refused_logged = (self.refused, now)
         return False
 
-    def _opened(self, conn: GuardedConnection, handler: RequestHandler) -> None:
-        self._open[handler] = conn
+    def _opened(self, conn: GuardedConnection) -> None:
+        self._open.add(conn)
+        if self._sweeper is None:
+            self._schedule_sweep()
 
-    def _closed(self, handler: RequestHandler | None, conn: GuardedConnection) -> None:
-        if handler is not None:
-            self._open.pop(handler, None)
-        self._idle.pop(conn, None)
+    def _closed(self, conn: GuardedConnection) -> None:
+        self._open.discard(conn)
 
-    def _set_idle(self, conn: GuardedConnection, idle: bool) -> None:
-        if idle:
-            self._idle[conn] = None
-        else:
-            self._idle.pop(conn, None)
+    def _schedule_sweep(self) -> None:
+        self._sweeper = asyncio.get_running_loop().call_later(self.header_timeout / 4, self._sweep)
+
+    def _sweep(self) -> None:
+        """Close connections whose request headers have been arriving for over ``header_timeout``."""
+        self._sweeper = None
+        deadline = asyncio.get_running_loop().time() - self.header_timeout
+        for conn in [c for c in self._open if c.waiting_since is not None and c.waiting_since <= deadline]:
+            conn.expire()
+        if self._open:
+            self._schedule_sweep()
 
 
 class GuardedConnection(asyncio.Protocol):
-    """One client connection: aiohttp's protocol inside, the header clock and the count outside."""
+    """One client connection: aiohttp's protocol inside, the header clock and the count outside.
+
+    aiohttp's ``RequestHandler`` counts the requests whose headers it has parsed
+    (``_request_count``) and flags a running handler (``_request_in_progress``); reading the two
+    after each chunk tells whether the chunk completed a request's headers or left them partial,
+    with no per-request timer or middleware. (tests/test_slow_clients.py pins this behaviour.)
+    """
 
     def __init__(self, limiter: ConnectionLimiter, server: Callable[[], RequestHandler]) -> None:
         self._limiter = limiter
         self._server = server
         self._inner: RequestHandler | None = None
         self._transport: asyncio.Transport | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._in_handler = 0  # requests whose handler is running
+        # Since when a request has been arriving without complete headers (None: not waiting).
+        self.waiting_since: float | None = None
+        self.last_data = 0.0  # loop time of the last bytes received
 
-    # --- asyncio.Protocol -----------------------------------------------------------------------
+    # -- asyncio.Protocol, forwarded to aiohttp's protocol ----------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's are not asyncio.Transport subclasses
@@ -125,19 +138,21 @@ class GuardedConnection(asyncio.Protocol):
             self._refuse(transport)
             return
         self._inner = self._server()
-        self._limiter._opened(self, self._inner)
-        self._arm()
+        self._limiter._opened(self)
+        self.waiting_since = asyncio.get_running_loop().time()  # the first request's headers
         self._inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
-        if self._inner is None:
+        inner = self._inner
+        if inner is None:
             return  # refused: drained until closed
-        if self._in_handler == 0 and self._timer is None:
-            # The first bytes of the next request (or of a body no handler read, which aiohttp
-            # drains for a while: the same clock bounds that).
-            self._limiter._set_idle(self, False)
-            self._arm()
-        self._inner.data_received(data)
+        now = self.last_data = asyncio.get_running_loop().time()
+        before = inner._request_count
+        inner.data_received(data)
+        if inner._request_count != before:
+            self.waiting_since = None  # a request's headers are in: its handler takes over
+        elif self.waiting_since is None and not inner._request_in_progress:
+            self.waiting_since = now  # a new request has begun
 
     def eof_received(self) -> bool | None:
         if self._inner is not None:
@@ -153,78 +168,45 @@ class GuardedConnection(asyncio.Protocol):
             self._inner.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
-        self._limiter._closed(self._inner, self)
+        self._limiter._closed(self)
         if self._inner is not None:
             self._inner.connection_lost(exc)
         self._transport = None
 
-    # --- requests (from ``middleware``) -----------------------------------------------------------
+    # -- the limiter's side ----------------------------------------------------------------------
 
-    def request_started(self) -> None:
-        self._in_handler += 1
-        self._disarm()
-        self._limiter._set_idle(self, False)
-
-    def request_finished(self) -> None:
-        self._in_handler -= 1
-        if self._in_handler == 0 and self._timer is None:
-            self._limiter._set_idle(self, True)
-
-    # --- internals --------------------------------------------------------------------------------
-
-    def evict(self) -> bool:
-        """Close this connection if it is idle between requests with nothing left to write.
+    @property
+    def idle(self) -> bool:
+        """Between two keep-alive requests, with nothing left to write.
 
         aiohttp hands a response to the transport without yielding once its handler returns
         (unless the transport's buffer is full), so an empty buffer means nothing is pending.
         """
-        transport = self._transport
-        if (transport is None or self._in_handler or self._timer is not None
-                or transport.get_write_buffer_size()):
-            return False
+        transport, inner = self._transport, self._inner
+        return not (transport is None or inner is None or inner._request_in_progress or inner._messages
+                    or self.waiting_since is not None or transport.get_write_buffer_size())
+
+    def evict(self) -> None:
+        """Close this idle connection to admit a new one (HTTP/1.1 allows it at any time)."""
         log.debug("closing an idle keep-alive connection to admit a new one")
-        self._limiter._closed(self._inner, self)
-        transport.close()
-        return True
+        self._limiter._closed(self)
+        if self._transport is not None:
+            self._transport.close()
+
+    def expire(self) -> None:
+        """The headers did not arrive in time: close without a reply, as Go's ReadHeaderTimeout."""
+        self.waiting_since = None
+        inner = self._inner
+        if self._transport is not None and inner is not None and not inner._request_in_progress:
+            log.debug("closed a connection: no complete request headers within %gs (GATEWAY_HEADER_TIMEOUT)",
+                      self._limiter.header_timeout)
+            self._transport.close()
 
     def _refuse(self, transport: asyncio.Transport) -> None:
         transport.write(self._limiter._refusal)
         if transport.can_write_eof():
             transport.write_eof()
         asyncio.get_running_loop().call_later(min(REFUSED_LINGER, self._limiter.header_timeout), transport.close)
-
-    def _arm(self) -> None:
-        self._timer = asyncio.get_running_loop().call_later(self._limiter.header_timeout, self._expire)
-
-    def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _expire(self) -> None:
-        self._timer = None
-        if self._transport is not None and self._in_handler == 0:
-            log.debug("closed a connection: no complete request headers within %gs (GATEWAY_HEADER_TIMEOUT)",
-                      self._limiter.header_timeout)
-            self._transport.close()
-
-
-def middleware(limiter: ConnectionLimiter) -> Middleware:
-    """Stop a connection's header clock while a handler runs (its request's headers are in)."""
-
-    @web.middleware
-    async def track(request: web.Request, handler: Handler) -> web.StreamResponse:
-        conn = limiter.connection_for(request.protocol)
-        if conn is None:  # not served through LimitedSite (aiohttp's test server)
-            return await handler(request)
-        conn.request_started()
-        try:
-            return await handler(request)
-        finally:
-            conn.request_finished()
-
-    return track
 
 
 class LimitedSite(web.BaseSite):

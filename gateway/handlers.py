@@ -53,6 +53,8 @@ async def pull(request: web.Request) -> web.Response:
 
 async def _read_body(request: web.Request) -> bytes:
     """The body, within ``GATEWAY_BODY_TIMEOUT`` (a client trickling it gets 408)."""
+    if request.content.is_eof():  # the usual case: the whole body came with the headers
+        return await request.read()
     timeout = request.app[SETTINGS].body_timeout
     try:
         async with asyncio.timeout(timeout):

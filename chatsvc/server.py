@@ -211,7 +211,9 @@ class _Connection(CoalescingWriter, asyncio.Protocol):
     def eof_received(self) -> bool:
         """The client finished sending: answer the calls it sent, then close."""
         self._eof = True
-        return self.busy  # True keeps the transport open for the replies still owed
+        if not self.busy:
+            self.close()  # writes any reply still queued for this loop pass first
+        return True  # this protocol closes the transport itself, once nothing is owed
 
     def data_received(self, data: bytes) -> None:
         if self._closing:

@@ -117,11 +117,11 @@ def exchange(port: int, data: bytes, timeout: float = 0.3) -> bytes:
 def valid_call_works(port: int) -> bool:
     reply = exchange(port, in_framing(PAYLOADS[1], Transport.FRAMED), timeout=5)
     frames = framing.FrameReader(LIMITS).feed(reply)
-    if len(frames) != 1:
-        return False
+    assert len(frames) == 1, f"reply to a valid call: {reply!r}"
     result = IMService.Pull_result()
     codec.decode_body(frames[0].payload, result)
-    return result.success is not None and result.success.Code == 0
+    assert result.success is not None and result.success.Code == 0, result
+    return True
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ class Double:
     """A handler double: Send sleeps ``delays[text]`` seconds (or until ``gates[text]`` is set)."""
 
     def __init__(self) -> None:
-        self.delays: dict[str, float] = {}
+        self.delays: dict[str, float | None] = {}
         self.gates: dict[str, asyncio.Event] = {}
         self.started: list[str] = []
         self.completed: list[str] = []
@@ -51,7 +51,9 @@ class Double:
                 raise RuntimeError("handler bug")
             if text in self.gates:
                 await self.gates[text].wait()
-            await asyncio.sleep(self.delays.get(text, 0))
+            delay = self.delays.get(text, 0)
+            if delay is not None:  # None: answer without yielding to the event loop at all
+                await asyncio.sleep(delay)
         finally:
             self.in_flight -= 1
         self.completed.append(text)
@@ -592,5 +594,23 @@ async def test_slow_sender_is_cut_by_the_read_timeout(double):
         client = await Client.connect(port)
         assert await client.call("fast", 2) == "done fast"
         await client.close()
+    finally:
+        await server.close(1.0)
+
+
+async def test_calls_sent_before_a_half_close_are_answered(double):
+    """A client that sends its calls and shuts its side (nc -q, shutdown(SHUT_WR)) gets every reply,
+    whether the reply is ready before or after the server sees the end of the stream."""
+    server, port = await start_server(double)
+    try:
+        for i in range(40):
+            double.delays["half"] = 0.02 if i % 2 else None
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(send_call("half", i + 1) + send_call("half", i + 1000))
+            writer.write_eof()
+            data = await asyncio.wait_for(reader.read(), 5)
+            frames = FrameReader(WireLimits()).feed(data)
+            assert [f.head.seqid for f in frames] == [i + 1, i + 1000], data
+            writer.close()
     finally:
         await server.close(1.0)

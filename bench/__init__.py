@@ -5,4 +5,5 @@ Modules: ``__main__`` (command line), ``runner`` (the modes and the interleaved 
 correctness probe, preload), ``wrk`` and ``loadgen`` (HTTP load generators: wrk, asyncio closed
 and open loop), ``thrift`` (chatsvc alone), ``memory`` (Redis bytes per message), ``stats``
 (histogram, results, medians) and ``report`` (tables, JSON, PNG). See docs/performance.md.
+``python -m bench.cluster_pipelining`` compares ways to pipeline on a Redis Cluster (docs/scaling.md).
 """

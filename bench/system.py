@@ -182,15 +182,20 @@ class System:
 
     @staticmethod
     def _wait_cluster_ok(cli: str, ports: list[int], timeout: float = 30.0) -> None:
+        """Until every node reports cluster_state:ok and every replica has synced with its master
+        (master_link_status:up: the first sync waits repl-diskless-sync-delay, 5 s by default)."""
         deadline = time.monotonic() + timeout
         pending = list(ports)
         while pending:
-            info = subprocess.run([cli, "-p", str(pending[0]), "cluster", "info"], capture_output=True, text=True,
+            port = str(pending[0])
+            info = subprocess.run([cli, "-p", port, "cluster", "info"], capture_output=True, text=True,
                                   timeout=10).stdout
-            if "cluster_state:ok" in info:
+            repl = subprocess.run([cli, "-p", port, "info", "replication"], capture_output=True, text=True,
+                                  timeout=10).stdout
+            if "cluster_state:ok" in info and ("role:master" in repl or "master_link_status:up" in repl):
                 pending.pop(0)
             elif time.monotonic() > deadline:
-                raise StartError(f"redis cluster node {pending[0]} not ok after {timeout}s:\n{info}")
+                raise StartError(f"redis cluster node {port} not ready after {timeout}s:\n{info}\n{repl}")
             else:
                 time.sleep(0.1)
 

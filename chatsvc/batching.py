@@ -43,6 +43,14 @@ log = logging.getLogger("chatsvc.batching")
 Command = tuple[Any, ...]
 
 
+def as_connection_error(exc: Exception) -> Exception:
+    """``exc``, or a redis ConnectionError for uvloop's RuntimeError on a write to a connection that
+    the server has just closed (redis-py passes it through; it is a lost connection like any other)."""
+    if type(exc) is RuntimeError:
+        return RedisConnectionError(f"connection lost: {exc}")
+    return exc
+
+
 class CommandBatcher:
     """Automatic pipelining over ``connections`` dedicated connections to one Redis server.
 
@@ -111,9 +119,10 @@ class CommandBatcher:
                     fut.set_result(reply)
         except Exception as exc:  # the connection failed: every command still waiting fails with it
             await conn.disconnect(nowait=True)
+            failure = as_connection_error(exc)
             for _, fut in batch:
                 if not fut.done():
-                    fut.set_exception(exc)
+                    fut.set_exception(failure)
         except BaseException:
             await conn.disconnect(nowait=True)
             for _, fut in batch:
@@ -357,9 +366,12 @@ class ClusterBatcher:
             await conn.send_packed_command(conn.pack_commands([("ASKING",), args]), check_health=False)
             await conn.read_response()
             return await conn.read_response()
-        except (RedisConnectionError, RedisTimeoutError, OSError):
+        except (RedisConnectionError, RedisTimeoutError, OSError, RuntimeError) as exc:
             self._schedule_refresh()
-            raise
+            failure = as_connection_error(exc)
+            if failure is exc:
+                raise
+            raise failure from exc
         finally:
             await conn.disconnect()
 

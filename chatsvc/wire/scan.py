@@ -94,20 +94,12 @@ def _skip(buf: bytes | bytearray | memoryview, pos: int, end: int, ttype: int, d
             raise Incomplete(pos)
         return pos
     if ttype == _STRING:
-        if pos + 4 > end:
-            raise Incomplete(pos + 4)
-        n = _I32.unpack_from(buf, pos)[0]
-        if n < 0 or n > lim.max_string_bytes:
-            raise ProtocolError(f"string length {n} out of bounds")
-        pos += 4 + n
-        if pos > end:
-            raise Incomplete(pos)
-        return pos
+        return _skip_string(buf, pos, end, lim)
     if depth >= lim.max_depth:
         raise ProtocolError(f"nesting deeper than {lim.max_depth}")
     if ttype == _STRUCT:
-        # Scalars and strings are skipped inline: most fields are one of them, and a Python call
-        # per field would dominate the scan.
+        # Scalars are skipped inline and strings by a small function: most fields are one of them,
+        # and the general recursive call per field would dominate the scan.
         while True:
             if pos >= end:
                 raise Incomplete(pos + 1)
@@ -121,14 +113,7 @@ def _skip(buf: bytes | bytearray | memoryview, pos: int, end: int, ttype: int, d
                 if pos > end:
                     raise Incomplete(pos)
             elif ftype == _STRING:
-                if pos + 4 > end:
-                    raise Incomplete(pos + 4)
-                n = _I32.unpack_from(buf, pos)[0]
-                if n < 0 or n > lim.max_string_bytes:
-                    raise ProtocolError(f"string length {n} out of bounds")
-                pos += 4 + n
-                if pos > end:
-                    raise Incomplete(pos)
+                pos = _skip_string(buf, pos, end, lim)
             elif ftype in _VALID:
                 pos = _skip(buf, pos, end, ftype, depth + 1, lim)
             else:
@@ -146,6 +131,18 @@ def _skip(buf: bytes | bytearray | memoryview, pos: int, end: int, ttype: int, d
         n = _I32.unpack_from(buf, pos + 2)[0]
         return _skip_items(buf, pos + 6, end, (ktype, vtype), n, depth, lim)
     raise ProtocolError(f"unknown type {ttype}")
+
+
+def _skip_string(buf: bytes | bytearray | memoryview, pos: int, end: int, lim: WireLimits) -> int:
+    if pos + 4 > end:
+        raise Incomplete(pos + 4)
+    n = _I32.unpack_from(buf, pos)[0]
+    if n < 0 or n > lim.max_string_bytes:
+        raise ProtocolError(f"string length {n} out of bounds")
+    pos += 4 + n
+    if pos > end:
+        raise Incomplete(pos)
+    return pos
 
 
 def _skip_items(buf: bytes | bytearray | memoryview, pos: int, end: int, types: tuple[int, ...],

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.procs import Proc, _spawn, free_port, need_tool
+from tests.procs import Proc, free_port, need_tool, spawn
 
 NODE_TIMEOUT_MS = 1000
 HEALTHY_TIMEOUT = 30.0
@@ -169,7 +169,7 @@ class Cluster:
     def restart(self, port: int) -> Proc:
         """Start a killed node again with its arguments, data dir and nodes.conf: it rejoins."""
         old = self.nodes[port]
-        self.nodes[port] = _spawn(old.args, port, self.logdir, "redis-cluster")
+        self.nodes[port] = spawn(old.args, port, self.logdir, "redis-cluster")
         return self.nodes[port]
 
     def logs(self) -> str:
@@ -203,7 +203,7 @@ def start_cluster(logdir: Path, masters: int = 3, replicas: int = 1, *extra: str
                     "--dir", str(node_dir), "--protected-mode", "no", "--save", "",
                     "--cluster-enabled", "yes", "--cluster-config-file", str(node_dir / "nodes.conf"),
                     "--cluster-node-timeout", str(NODE_TIMEOUT_MS), "--appendonly", "yes", *extra]
-            cluster.nodes[port] = _spawn(args, port, logdir, "redis-cluster")
+            cluster.nodes[port] = spawn(args, port, logdir, "redis-cluster")
         create = subprocess.run(
             [cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in cluster.ports),
              "--cluster-replicas", str(replicas), "--cluster-yes"],

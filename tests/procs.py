@@ -81,7 +81,7 @@ class Proc:
         self.stop(signal.SIGKILL)
 
 
-def _spawn(args: list[str], port: int, logdir: Path, name: str, env: dict[str, str] | None = None) -> Proc:
+def spawn(args: list[str], port: int, logdir: Path, name: str, env: dict[str, str] | None = None) -> Proc:
     log = logdir / f"{name}-{port}.log"
     full_env = {**os.environ, **(env or {})}
     with log.open("ab") as out:
@@ -104,7 +104,7 @@ def start_redis(logdir: Path, port: int | None = None, datadir: Path | None = No
     datadir = datadir or Path(tempfile.mkdtemp(prefix="redis-", dir=logdir))
     args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(datadir), "--save", "",
             "--appendonly", "yes" if appendonly else "no", "--protected-mode", "no"]
-    return _spawn(args, port, logdir, "redis")
+    return spawn(args, port, logdir, "redis")
 
 
 def start_chatsvc(logdir: Path, redis_url: str, port: int | None = None, *extra: str,
@@ -112,7 +112,7 @@ def start_chatsvc(logdir: Path, redis_url: str, port: int | None = None, *extra:
     port = port or free_port()
     args = [sys.executable, "-m", "chatsvc", "--host", "127.0.0.1", "--port", str(port),
             "--redis-url", redis_url, *extra]
-    return _spawn(args, port, logdir, "chatsvc", env)
+    return spawn(args, port, logdir, "chatsvc", env)
 
 
 def start_gateway(logdir: Path, chatsvc_addr: str, port: int | None = None, *extra: str,
@@ -120,7 +120,7 @@ def start_gateway(logdir: Path, chatsvc_addr: str, port: int | None = None, *ext
     port = port or free_port()
     args = [sys.executable, "-m", "gateway", "--host", "127.0.0.1", "--port", str(port),
             "--chatsvc-addr", chatsvc_addr, *extra]
-    return _spawn(args, port, logdir, "gateway", env)
+    return spawn(args, port, logdir, "gateway", env)
 
 
 @contextlib.contextmanager

@@ -21,7 +21,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.procs import ROOT, Proc, free_port, need_tool, wait_port
+from tests.procs import ROOT, Proc, free_port, need_tool, spawn
 
 IDL = ROOT / "idl" / "idl_rpc.thrift"
 HERE = Path(__file__).resolve().parent
@@ -112,17 +112,8 @@ def chat() -> str:
 
 def start_go_server(binary: Path, logdir: Path, transport: str = "framed") -> Proc:
     port = free_port()
-    log = logdir / f"go-server-{port}.log"
-    args = [str(binary), "-addr", f"127.0.0.1:{port}", "-transport", transport]
-    with log.open("ab") as out:
-        popen = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
-    proc = Proc(popen, port, log, args)
-    try:
-        wait_port(port, popen)
-    except Exception:
-        proc.kill()
-        raise RuntimeError(f"Go interop server did not start:\n{proc.output()}") from None
-    return proc
+    return spawn([str(binary), "-addr", f"127.0.0.1:{port}", "-transport", transport], port, logdir,
+                 "go-server")
 
 
 @pytest.fixture

@@ -8,51 +8,31 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from aiohttp import web
-
 from chatsvc import config, runtime
-from gateway.app import create_app
-from gateway.connections import LimitedSite, raise_fd_limit
-from gateway.keys import CONNECTIONS
+from gateway.app import Gateway, chatsvc_client
+from gateway.connections import ConnectionLimiter, raise_fd_limit
+from gateway.http import HttpServer
 from gateway.settings import GatewaySettings
 from gateway.workers import supervise
 
-ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs'
+log = logging.getLogger("gateway")
 
 
-async def serve(app: web.Application, settings: GatewaySettings) -> None:
-    """Serve ``app`` until SIGINT or SIGTERM, then stop accepting and drain (``drain_timeout``).
-
-    ``web.run_app`` without its fixed TCP site: connections go through ``LimitedSite``, which
-    bounds how many are open and how long their headers may take (gateway.connections).
-    """
+async def serve(settings: GatewaySettings) -> None:
+    """Serve until SIGINT or SIGTERM, then stop accepting and drain (``drain_timeout``)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     raise_fd_limit(settings.max_connections)
-    runner = web.AppRunner(
-        app,
-        access_log=logging.getLogger("gateway.access") if settings.access_log else None,
-        access_log_format=ACCESS_LOG_FORMAT,
-        keepalive_timeout=settings.keepalive_timeout,
-        shutdown_timeout=settings.drain_timeout,
-    )
-    await runner.setup()
-    try:
-        site = LimitedSite(runner, settings.host, settings.port, app[CONNECTIONS],
-                           reuse_port=settings.reuse_port or None)
-        await site.start()
+    limiter = ConnectionLimiter(settings.max_connections, settings.header_timeout, settings.keepalive_timeout)
+    async with chatsvc_client(settings) as client:
+        server = HttpServer(Gateway(settings, client), limiter, max_pipelined=settings.max_pipelined,
+                            access_log=logging.getLogger("gateway.access") if settings.access_log else None)
+        await server.start(settings.host, settings.port, reuse_port=settings.reuse_port)
         await stop.wait()
-        logging.getLogger("gateway").info("gateway stopping")
-    finally:
-        # aiohttp waits shutdown_timeout for handlers, cancels them, then may wait as long again:
-        # bound the whole drain to GATEWAY_DRAIN_TIMEOUT (plus a moment to close sockets).
-        try:
-            async with asyncio.timeout(settings.drain_timeout + 0.5):
-                await runner.cleanup()
-        except TimeoutError:
-            logging.getLogger("gateway").warning("drain timeout: closing requests still in flight")
+        log.info("gateway stopping")
+        await server.close(settings.drain_timeout)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -63,10 +43,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if settings.workers > 1:
         return supervise(argv, settings.workers)
     targets = ", ".join(f"{h}:{p}" for h, p in settings.chatsvc_instances)
-    logging.getLogger("gateway").info("gateway on http://%s:%d -> chatsvc %s (%s)", settings.host,
+    log.info("gateway on http://%s:%d -> chatsvc %s (%s)", settings.host,
                                       settings.port, targets, settings.chatsvc_transport)
     runtime.tune_gc()
-    runtime.run(serve(create_app(settings), settings))
+    runtime.run(serve(settings))
     return 0
 
 

@@ -9,8 +9,10 @@ that names its user in ``sub`` and expires (``exp``). Then:
 
 A missing, malformed, forged or expired token is a 401 (with a ``WWW-Authenticate: Bearer``
 challenge); a valid token that asks for someone else's data is a 403. With auth off (the default)
-nothing is checked, as before. Every rule is in this module: ``middleware`` authenticates,
-handlers call ``check_send`` / ``check_pull`` once the body is bound.
+nothing is checked, as before. Every rule is in this module: the gateway's dispatcher
+(``gateway.app.Gateway``) calls ``TokenVerifier.authenticate`` for every request outside
+``PUBLIC_PATHS`` before routing it or reading its body, and handlers call ``check_send`` /
+``check_pull`` with the identity once the body is bound.
 """
 
 from __future__ import annotations
@@ -19,11 +21,8 @@ import time
 from dataclasses import dataclass
 
 import jwt
-from aiohttp import web
-from aiohttp.typedefs import Handler, Middleware
 
 from gateway.errors import Forbidden, Unauthorized
-from gateway.keys import IDENTITY, SETTINGS
 from gateway.settings import check_jwt_secret
 
 ALGORITHM = "HS256"
@@ -90,42 +89,18 @@ def issue_token(secret: str, subject: str, ttl: float, now: float | None = None)
     return jwt.encode(claims, secret.encode(), algorithm=ALGORITHM)
 
 
-def middleware(verifier: TokenVerifier) -> Middleware:
-    """Authenticate every request outside ``PUBLIC_PATHS`` before its handler reads the body."""
-
-    @web.middleware
-    async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path not in PUBLIC_PATHS:
-            request[IDENTITY] = verifier.authenticate(request.headers.get("Authorization"))
-        return await handler(request)
-
-    return authenticate
-
-
-def _identity(request: web.Request) -> Identity | None:
-    """The request's identity; None when auth is off. Fails closed if auth is on and none was set."""
-    if not request.app[SETTINGS].auth:
-        return None
-    try:
-        return request[IDENTITY]
-    except KeyError:
-        raise Unauthorized("missing bearer token", error=None) from None
-
-
-def check_send(request: web.Request, sender: str) -> None:
-    """With auth on, only the token's user may send, and only as themself."""
-    identity = _identity(request)
+def check_send(identity: Identity | None, sender: str) -> None:
+    """With auth on (an identity), only the token's user may send, and only as themself."""
     if identity is not None and sender != identity.subject:
         raise Forbidden(f"forbidden: the sender must be the token's user ({identity.subject!r})")
 
 
-def check_pull(request: web.Request, chat: str) -> None:
-    """With auth on, only the chat's members may pull it.
+def check_pull(identity: Identity | None, chat: str) -> None:
+    """With auth on (an identity), only the chat's members may pull it.
 
     A chat that is not two non-empty members around one ``:`` is nobody's: it is refused here
     (403) rather than left for chatsvc's rules to reject, so that this check never depends on them.
     """
-    identity = _identity(request)
     if identity is not None and identity.subject not in _members(chat):
         raise Forbidden(f"forbidden: {identity.subject!r} is not a member of this chat")
 

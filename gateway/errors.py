@@ -5,6 +5,7 @@
     ├── Unauthorized                  401: no bearer token, or a bad one (``WWW-Authenticate: Bearer``)
     ├── Forbidden                     403: a valid token, but not the sender / not a member of the chat
     ├── RequestTimeout                408: the request body did not arrive in time (connection closed)
+    ├── PayloadTooLarge               413: a body over GATEWAY_MAX_BODY_BYTES (connection closed)
     ├── UpstreamUnavailable           502: chatsvc unreachable or answered garbage
     └── UpstreamTimeout               504: chatsvc did not answer in time
 
@@ -14,13 +15,9 @@ Every error leaves the gateway as ``{"status": "error", "code": N, "message": ".
 
 from __future__ import annotations
 
-from typing import Any
-
-import orjson
-from aiohttp import web
-
 from chatsvc.client import RPCError, RPCTimeout
 from chatsvc.errors import ChatError
+from gateway.responses import Response, error_response
 
 REALM = "pychat"
 
@@ -50,6 +47,14 @@ class RequestTimeout(ChatError):
     http_status = 408
 
 
+class PayloadTooLarge(ChatError):
+    code = 413
+    http_status = 413
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body too large (limit {limit} bytes)")
+
+
 class UpstreamUnavailable(ChatError):
     code = 502
     http_status = 502
@@ -66,19 +71,9 @@ def from_rpc(exc: RPCError) -> ChatError:
     return UpstreamUnavailable(f"chatsvc unavailable: {exc}")
 
 
-def json_response(body: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
-
-
-def error_response(status: int, message: str) -> web.Response:
-    return json_response({"status": "error", "code": status, "message": message}, status)
-
-
-def response_for(exc: ChatError) -> web.Response:
+def response_for(exc: ChatError) -> Response:
     """The JSON error response for ``exc``, with the headers its status calls for."""
-    response = error_response(exc.http_status, exc.message)
     if isinstance(exc, Unauthorized):
-        response.headers["WWW-Authenticate"] = exc.challenge
-    elif isinstance(exc, RequestTimeout):
-        response.force_close()  # the rest of a slow body is not worth waiting for
-    return response
+        return error_response(exc.http_status, exc.message, (("WWW-Authenticate", exc.challenge),))
+    # The rest of a slow or oversized body is not worth waiting for.
+    return error_response(exc.http_status, exc.message, close=isinstance(exc, (RequestTimeout, PayloadTooLarge)))

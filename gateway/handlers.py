@@ -2,65 +2,56 @@
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
+import orjson
 
 from chatsvc import errors
 from chatsvc.client import RPCError
 from gateway import auth, binding
-from gateway.errors import RequestTimeout, from_rpc, json_response
-from gateway.keys import CHATSVC, OPENAPI_JSON, SETTINGS
+from gateway.errors import from_rpc
+from gateway.http import Request
+from gateway.responses import Response
 
-_SUCCESS = {"status": "success"}
+if TYPE_CHECKING:  # gateway.app imports this module
+    from gateway.app import Gateway
 
-
-async def ping(request: web.Request) -> web.Response:
-    return json_response({"message": "pong"})
-
-
-async def openapi(request: web.Request) -> web.Response:
-    return web.Response(body=request.app[OPENAPI_JSON], content_type="application/json")
+PONG = Response(200, orjson.dumps({"message": "pong"}))
+SUCCESS = Response(200, orjson.dumps({"status": "success"}))
 
 
-async def send(request: web.Request) -> web.Response:
-    data = binding.bind_send(await _read_body(request))
-    auth.check_send(request, data.sender)
-    client = request.app[CHATSVC]
+async def ping(gw: Gateway, request: Request, identity: auth.Identity | None) -> Response:
+    return PONG
+
+
+async def openapi(gw: Gateway, request: Request, identity: auth.Identity | None) -> Response:
+    return Response(200, gw.openapi_json)
+
+
+async def send(gw: Gateway, request: Request, identity: auth.Identity | None) -> Response:
+    data = binding.bind_send(await request.read(gw.settings.max_body_bytes, gw.settings.body_timeout))
+    auth.check_send(identity, data.sender)
     try:
-        reply = await client.send(data.chat, data.text, data.sender)
+        reply = await gw.client.send(data.chat, data.text, data.sender)
     except RPCError as exc:
         raise from_rpc(exc) from exc
     _check(reply)
-    return json_response(_SUCCESS)
+    return SUCCESS
 
 
-async def pull(request: web.Request) -> web.Response:
-    data = binding.bind_pull(await _read_body(request), request.query)
-    auth.check_pull(request, data.chat)
-    client = request.app[CHATSVC]
+async def pull(gw: Gateway, request: Request, identity: auth.Identity | None) -> Response:
+    body = await request.read(gw.settings.max_body_bytes, gw.settings.body_timeout)
+    data = binding.bind_pull(body, request.query)
+    auth.check_pull(identity, data.chat)
     try:
-        reply = await client.pull(data.chat, data.cursor, data.limit, data.reverse)
+        reply = await gw.client.pull(data.chat, data.cursor, data.limit, data.reverse)
     except RPCError as exc:
         raise from_rpc(exc) from exc
     _check(reply)
     messages = [{"chat": m.Chat, "text": m.Text, "sender": m.Sender, "send_time": m.SendTime}
                 for m in reply.Messages or ()]
-    return json_response({"messages": messages, "has_more": bool(reply.HasMore),
-                          "next_cursor": reply.NextCursor or 0})
-
-
-async def _read_body(request: web.Request) -> bytes:
-    """The body, within ``GATEWAY_BODY_TIMEOUT`` (a client trickling it gets 408)."""
-    if request.content.is_eof():  # the usual case: the whole body came with the headers
-        return await request.read()
-    timeout = request.app[SETTINGS].body_timeout
-    try:
-        async with asyncio.timeout(timeout):
-            return await request.read()
-    except TimeoutError:
-        raise RequestTimeout(f"request body not received within {timeout:g}s") from None
+    return Response(200, orjson.dumps({"messages": messages, "has_more": bool(reply.HasMore),
+                                       "next_cursor": reply.NextCursor or 0}))
 
 
 def _check(reply: Any) -> None:

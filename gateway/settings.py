@@ -47,6 +47,8 @@ class GatewaySettings:
     body_timeout: float = setting(10.0, "GATEWAY_BODY_TIMEOUT", "seconds for a request body to arrive, else 408")
     keepalive_timeout: float = setting(75.0, "GATEWAY_KEEPALIVE_TIMEOUT",
                                        "seconds an idle keep-alive connection is kept open")
+    max_pipelined: int = setting(32, "GATEWAY_MAX_PIPELINED",
+                                 "requests queued on one connection (HTTP pipelining) before reading pauses")
     auth: bool = setting(False, "GATEWAY_AUTH", "require a bearer token (JWT, HS256) but on /ping and /openapi.json")
     # repr=False: the settings object may be logged; the secret must not be.
     jwt_secret: str = field(default="", repr=False, metadata={
@@ -63,7 +65,7 @@ class GatewaySettings:
         if not self.chatsvc_instances:
             raise ValueError("no chatsvc address")
         Transport(self.chatsvc_transport)
-        for name in ("workers", "pool_size", "pipeline", "max_body_bytes", "max_connections"):
+        for name in ("workers", "pool_size", "pipeline", "max_body_bytes", "max_connections", "max_pipelined"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         for name in ("connect_timeout", "call_timeout", "header_timeout", "body_timeout", "keepalive_timeout"):

@@ -20,14 +20,11 @@ from typing import Any
 import aiohttp
 import jwt
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import make_mocked_request
 
 from chatsvc import config
 from gateway import auth
-from gateway.app import create_app
+from gateway.app import ROUTES
 from gateway.errors import Forbidden, Unauthorized
-from gateway.keys import IDENTITY, SETTINGS
 from gateway.settings import GatewaySettings
 from tests.procs import ROOT, Proc, start_gateway
 
@@ -136,43 +133,31 @@ def test_secret_length_counts_utf8_bytes():
 # --- unit: ownership --------------------------------------------------------------------------
 
 
-def request_as(user: str | None, *, auth_on: bool = True) -> web.Request:
-    app = web.Application()
-    app[SETTINGS] = GatewaySettings(auth=auth_on, jwt_secret=SECRET)
-    req = make_mocked_request("POST", "/api/send", app=app)
-    if user is not None:
-        req[IDENTITY] = auth.Identity(user)
-    return req
+ALICE = auth.Identity("alice")
 
 
 def test_sender_must_be_the_tokens_user():
-    auth.check_send(request_as("alice"), "alice")
+    auth.check_send(ALICE, "alice")
     with pytest.raises(Forbidden) as info:
-        auth.check_send(request_as("alice"), "bob")
+        auth.check_send(ALICE, "bob")
     assert info.value.http_status == 403
 
 
 @pytest.mark.parametrize("chat", ["alice:bob", "bob:alice", "alice:alice"])
 def test_members_may_pull(chat):
-    auth.check_pull(request_as("alice"), chat)
+    auth.check_pull(ALICE, chat)
 
 
 @pytest.mark.parametrize("chat", ["bob:carol", "alice", "", "alice:bob:carol", "xalice:bob", "Alice:bob", ":alice"])
 def test_others_may_not_pull(chat):
     with pytest.raises(Forbidden):
-        auth.check_pull(request_as("alice"), chat)
+        auth.check_pull(ALICE, chat)
 
 
 def test_auth_off_checks_nothing():
-    auth.check_send(request_as(None, auth_on=False), "anyone")
-    auth.check_pull(request_as(None, auth_on=False), "bob:carol")
-
-
-def test_auth_on_without_identity_fails_closed():
-    with pytest.raises(Unauthorized):
-        auth.check_send(request_as(None), "alice")
-    with pytest.raises(Unauthorized):
-        auth.check_pull(request_as(None), "alice:bob")
+    """No identity: the dispatcher (gateway.app.Gateway) passes None only when auth is off."""
+    auth.check_send(None, "anyone")
+    auth.check_pull(None, "bob:carol")
 
 
 # --- settings and startup -------------------------------------------------------------------------
@@ -341,11 +326,9 @@ async def test_ping_and_openapi_stay_open(http):
 
 
 async def test_every_other_route_needs_a_token(http):
-    """Authentication is a middleware over every route but the public ones: a new route is
+    """The dispatcher authenticates every route but the public ones before routing: a new route is
     protected without anyone remembering to protect it."""
-    app = create_app(GatewaySettings(auth=True, jwt_secret=SECRET))
-    routes = {(r.method, r.resource.canonical) for r in app.router.routes() if r.resource is not None}
-    protected = {(m, p) for m, p in routes if p not in auth.PUBLIC_PATHS and m != "HEAD"}
+    protected = {(m, p) for p, methods in ROUTES.items() for m in methods if p not in auth.PUBLIC_PATHS}
     assert {("POST", "/api/send"), ("GET", "/api/pull")} <= protected
     for method, path in sorted(protected):
         status, body, _ = await call(http, method, path)

@@ -24,7 +24,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from gateway.app import create_app, load_openapi
+from gateway.app import ROUTES, load_openapi
 from gateway.settings import GatewaySettings
 from tests.procs import ROOT
 
@@ -58,9 +58,7 @@ def test_gateway_serves_the_document(gateway_url):
 
 
 def test_every_route_is_documented_and_every_documented_path_is_a_route():
-    app = create_app(GatewaySettings())
-    routes = {(r.method.lower(), r.resource.canonical) for r in app.router.routes()
-              if r.resource is not None and r.method != "HEAD"}
+    routes = {(method.lower(), path) for path, methods in ROUTES.items() for method in methods}
     documented = {(method, path) for path, ops in spec()["paths"].items() for method in ops}
     assert routes == documented
 

@@ -297,30 +297,29 @@ class ChatClient(IMServiceClient):
         return result.success
 
     def _idle_connection(self) -> _Connection | None:
-        """Fast path: a live connection with no call in flight, or any live one if the pool is full."""
-        best = None
+        """Fast path: the first live connection with room for another call.
+
+        Calls are packed onto as few connections as they fit (``pipeline`` each) rather than
+        spread: one write and one read then carry many calls at both ends, which measured
+        cheaper than more, emptier connections (docs/performance.md).
+        """
+        limit = self.settings.pipeline
         for conn in self._conns:
-            if conn.broken:
-                continue
-            if conn.in_flight == 0:
+            if conn.in_flight < limit and not conn.broken:
                 return conn
-            if best is None or conn.in_flight < best.in_flight:
-                best = conn
-        if best is not None and len(self._conns) + self._opening >= self.settings.pool_size and not any(
-                c.broken for c in self._conns):
-            return best
         return None
 
     async def _connection(self) -> _Connection:
-        """The least busy live connection, dialling a new one while the pool has room."""
+        """A live connection with room, dialling a new one while the pool has room."""
         while True:
             self._conns = [c for c in self._conns if not c.broken]
-            best = min(self._conns, key=lambda c: c.in_flight, default=None)
-            room = len(self._conns) + self._opening < self.settings.pool_size
-            if best is not None and (best.in_flight == 0 or not room):
-                return best
-            if room:
+            conn = self._idle_connection()
+            if conn is not None:
+                return conn
+            if len(self._conns) + self._opening < self.settings.pool_size:
                 return await self._open()
+            if self._conns and not self._opening:  # every slot busy at once: the least busy
+                return min(self._conns, key=lambda c: c.in_flight)
             async with self._dialled:  # every slot is being dialled: wait for one
                 await self._dialled.wait()
 

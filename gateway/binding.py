@@ -63,7 +63,17 @@ def parse_body(body: bytes) -> dict[str, Any]:
     return value
 
 
+# The spellings clients use (``Chat``, ``chat``, ``CHAT``) found by one dict lookup; any other
+# case-insensitive match takes the slow path. Field names differ case-insensitively, so either
+# path finds the same field.
+_SPELLINGS = {id(fields): {spelling: f for f in fields for spelling in (f.name, f.name.capitalize(), f.name.upper())}
+              for fields in (SEND_FIELDS, PULL_FIELDS)}
+
+
 def _match(key: str, fields: tuple[Field, ...]) -> Field | None:
+    spellings = _SPELLINGS.get(id(fields))
+    if spellings is not None and (f := spellings.get(key)) is not None:
+        return f
     for f in fields:
         if key == f.name:
             return f

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
 import pytest
@@ -124,8 +125,12 @@ async def test_call_timeout_and_late_reply_is_dropped(scripted):
 
     _, port = await scripted(reply)
     async with ChatClient("127.0.0.1", port, call_timeout=0.3, pool_size=1) as client:
+        started = time.monotonic()
         with pytest.raises(RPCTimeout):
             await client.send("a:b", "x", "a")
+        took = time.monotonic() - started
+        # Deadlines are swept every call_timeout / 5: never early, at most one sweep late (+ slack).
+        assert 0.29 <= took < 0.3 + 0.06 + 0.25, took  # 0.29: the loop clock ticks in ms
         assert (await client.send("a:b", "y", "a")).Code == 0  # the stale reply did not confuse it
 
 

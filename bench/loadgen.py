@@ -1,28 +1,37 @@
-"""HTTP load generators in asyncio + aiohttp.
+"""HTTP load generators.
 
-``closed_loop``: the fallback when wrk is missing. ``conns`` connections, each sending its next
-request as soon as the previous answer arrived, for ``duration`` seconds.
+``closed_loop`` (asyncio + aiohttp): the fallback when wrk is missing. ``conns`` connections, each
+sending its next request as soon as the previous answer arrived, for ``duration`` seconds.
 
 ``open_loop``: a fixed total rate, whatever the server does (wrk2's model). ``clients`` clients,
-each with its own connection pool, issue requests on a fixed schedule; a request is issued at its
-scheduled time even when earlier ones have not been answered, and its latency is measured from
-the *scheduled* time, so a stalled server is charged for every request it delayed (no coordinated
-omission). If the generator itself falls behind, ``issue_lag`` says by how much.
+each with its own pool of up to CONNS_PER_CLIENT keep-alive connections, issue requests on a fixed
+schedule; a request is issued at its scheduled time even when earlier ones have not been answered
+(on an idle connection of its client; if all are busy it waits for one, opening another within the
+bound), and its latency is measured from the *scheduled* time, so a stalled server is charged for
+every request it delayed (no coordinated omission), waits for a connection included. If the
+generator itself falls behind, ``issue_lag`` says by how much. Its engine (``bench.openloop``)
+speaks HTTP/1.1 itself from one thread and wakes once per request: ~120 us of CPU per request on
+the 2-core VM, most of it the kernel's, where aiohttp's client took ~460-500 us and lagged its own
+schedule by up to hundreds of milliseconds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
 from dataclasses import dataclass, field
 
 import aiohttp
 
+from bench.http1 import RequestEncoder, split_base
+from bench.openloop import Address, Engine, histogram
 from bench.stats import Histogram, Measurement, now
 from bench.workload import JSON_HEADERS, Bodies, HttpLoad
 
 CLOSED_TIMEOUT = 2.0  # wrk's default socket timeout
 OPEN_TIMEOUT = 5.0
 CONNS_PER_CLIENT = 16  # open loop: requests beyond this wait for a connection (and that wait counts)
+START_DELAY = 0.05  # open loop: from the call to the first scheduled request
 
 
 @dataclass
@@ -71,49 +80,40 @@ async def closed_loop(base: str, load: HttpLoad, conns: int, duration: float) ->
     return tally.measurement(elapsed)
 
 
-@dataclass(frozen=True)
-class Schedule:
-    """Client ``i`` of ``clients`` issues at ``first + k * interval`` while that is before ``end``."""
-
-    first: float
-    interval: float
-    end: float
-
-
-async def _scheduled_client(session: aiohttp.ClientSession, method: str, url: str, bodies: Bodies,
-                            plan: Schedule, tally: Tally, lag: Histogram) -> int:
-    in_flight: set[asyncio.Task[None]] = set()
-    issued, due = 0, plan.first
-    while due < plan.end:
-        delay = due - now()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        lag.record(max(now() - due, 0.0))
-        task = asyncio.create_task(_request(session, method, url, bodies(), due, tally))
-        in_flight.add(task)
-        task.add_done_callback(in_flight.discard)
-        issued += 1
-        due = plan.first + issued * plan.interval
-    if in_flight:
-        await asyncio.gather(*in_flight)
-    return issued
+async def _resolve(host: str, port: int) -> Address | None:
+    """The first address of ``host`` that accepts a connection (as aiohttp would try them in turn);
+    failing that, the first address, or None if the name does not resolve."""
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError:
+        return None
+    candidates: list[Address] = [(family, address) for family, _, _, _, address in infos]
+    for family, address in candidates if len(candidates) > 1 else ():
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setblocking(False)
+            try:
+                await asyncio.wait_for(loop.sock_connect(sock, address), OPEN_TIMEOUT)
+            except (OSError, TimeoutError):
+                continue
+        return family, address
+    return candidates[0] if candidates else None
 
 
 async def open_loop(base: str, load: HttpLoad, rate: float, clients: int, duration: float) -> Measurement:
     """``rate`` requests/s in total from ``clients`` clients for ``duration`` s, on a fixed schedule."""
-    url, bodies, tally, lag = base + load.path, load.new_bodies(), Tally(), Histogram()
-    interval = clients / rate
-    timeout = aiohttp.ClientTimeout(total=OPEN_TIMEOUT)
-    sessions = [aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=CONNS_PER_CLIENT), timeout=timeout)
-                for _ in range(clients)]
+    host, port, netloc = split_base(base)
+    engine = Engine(await _resolve(host, port), RequestEncoder(load.method, load.path, netloc), load.new_bodies(),
+                    rate, clients, duration, CONNS_PER_CLIENT, OPEN_TIMEOUT, START_DELAY)
+    finished = asyncio.get_running_loop().run_in_executor(None, engine.run)
     try:
-        start = now() + 0.05
-        plans = [Schedule(start + i * interval / clients, interval, start + duration) for i in range(clients)]
-        issued = await asyncio.gather(*(_scheduled_client(s, load.method, url, bodies, plan, tally, lag)
-                                        for s, plan in zip(sessions, plans, strict=True)))
-    finally:
-        await asyncio.gather(*(s.close() for s in sessions))
+        await asyncio.shield(finished)
+    finally:  # also when cancelled (Ctrl-C): the engine stops within SWEEP_INTERVAL
+        engine.stop = True
+        await asyncio.wait([finished])
+    tally = Tally(histogram(engine.latencies), engine.responses, engine.non2xx, engine.sockerr)
+    lag = histogram(engine.lags)
     # req/s: answers per second of the schedule (the last answers may arrive a little after its end)
-    return tally.measurement(duration, offered_rps=rate, clients=clients, issued=sum(issued),
+    return tally.measurement(duration, offered_rps=rate, clients=clients, issued=engine.issued,
                              issue_lag_p99_ms=round(lag.percentile_ms(99), 3),
                              issue_lag_max_ms=round(lag.max_s * 1000, 3))

@@ -101,7 +101,7 @@ async def interleaved(targets: list[Target], loads: tuple[str, ...], opts: Optio
 def http_generator(opts: Options) -> tuple[str, Measure]:
     """The generator's name and how it measures one load against one target."""
     if opts.mode == "rate":
-        return "asyncio open loop", lambda t, load: loadgen.open_loop(
+        return "open loop (bench/openloop.py)", lambda t, load: loadgen.open_loop(
             t.address, workload.LOADS[load], opts.rate, opts.clients, opts.duration)
     wrk_bin = wrk.binary() if opts.generator != "python" else None
     if opts.generator == "wrk" and wrk_bin is None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 from urllib.parse import unquote
@@ -25,7 +26,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
-from chatsvc.batching import ClusterBatcher, CommandBatcher, as_connection_error
+from chatsvc.batching import ClusterBatcher, CommandBatcher, as_connection_error, known_arguments
 from chatsvc.config import parse_addr
 from chatsvc.errors import StorageUnavailable
 
@@ -50,12 +51,18 @@ redis.call('XADD', KEYS[1], id .. '-0', 's', ARGV[1], 'x', ARGV[2])
 return id
 """
 SEND_SCRIPT_SHA = hashlib.sha1(SEND_SCRIPT.encode()).hexdigest()
+known_arguments("EVALSHA", SEND_SCRIPT_SHA, "XRANGE", "XREVRANGE", "+", "-", "COUNT")
 
 
 class StoredMessage(NamedTuple):
     sender: str
     text: str
     send_time: int
+
+
+# Builds a NamedTuple from a tuple of its fields in C (``StoredMessage._make`` without its Python
+# frame), for the per-row loop of a page.
+_new_tuple = tuple.__new__
 
 
 def chat_key(canonical_chat: str) -> str:
@@ -156,6 +163,10 @@ class RedisStorage:
         if executor is None and batch:
             assert isinstance(client, aioredis.Redis), "a RedisCluster needs an executor"
             self._batcher = CommandBatcher(client)
+        # One command, through the batcher (automatic pipelining) when it is on; bound once, as
+        # every call goes through it.
+        self._command: Callable[..., Awaitable[Any]] = (
+            self._batcher.execute if self._batcher is not None else client.execute_command)
 
     @classmethod
     def from_url(cls, url: str, *, pool_size: int, timeout: float, connect_timeout: float,
@@ -221,12 +232,6 @@ class RedisStorage:
         else:
             await self._redis.aclose(close_connection_pool=True)
 
-    async def _command(self, *args: Any) -> Any:
-        """One command, through the batcher (automatic pipelining) when it is on."""
-        if self._batcher is not None:
-            return await self._batcher.execute(*args)
-        return await self._redis.execute_command(*args)
-
     async def ping(self) -> bool:
         """Does Redis answer (on a cluster: every master)?"""
         try:
@@ -264,7 +269,12 @@ class RedisStorage:
                 entries = await self._command("XRANGE", key, str(cursor), "+", "COUNT", count)
         except STORAGE_ERRORS as exc:
             raise StorageUnavailable(type(exc).__name__) from exc
-        return [_message(eid, fields) for eid, fields in entries]
+        # The layout SEND_SCRIPT writes (``[s, sender, x, text]``, raw from the batcher) is read
+        # inline, the rows built with tuple.__new__ rather than two Python calls each (_message and
+        # the NamedTuple's constructor): 21 rows took 19 us, now 14 us (micro-benchmark).
+        return [_new_tuple(StoredMessage, (f[1], f[3], int(eid[: eid.index("-")])))
+                if type(f) is list and len(f) == 4 and f[0] == "s" and f[2] == "x" else _message(eid, f)
+                for eid, f in entries]
 
 
 def _message(entry_id: str, fields: Any) -> StoredMessage:

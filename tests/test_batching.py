@@ -8,8 +8,8 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from chatsvc.batching import CommandBatcher
-from chatsvc.storage import RedisStorage
+from chatsvc.batching import CommandBatcher, known_arguments, pack_commands
+from chatsvc.storage import SEND_SCRIPT_SHA, RedisStorage
 
 
 @pytest.fixture
@@ -62,3 +62,54 @@ async def test_connection_failure_fails_every_waiting_command():
     results = await asyncio.gather(*[batcher.execute("PING") for _ in range(5)], return_exceptions=True)
     assert all(isinstance(r, Exception) for r in results)
     await dead.aclose()
+
+
+async def test_a_batch_that_stays_unanswered_times_out():
+    """A server that accepts and never answers: the batch fails with a redis TimeoutError after the
+    batcher's timeout (one timer per connection, see _Link), and so does every command in it."""
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    async def silent(reader, writer):
+        await reader.read()  # until the client gives up and closes
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    batcher = CommandBatcher(make_connection=lambda: aioredis.Connection(host="127.0.0.1", port=port),
+                             connections=1, timeout=0.3)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    results = await asyncio.gather(batcher.execute("PING"), batcher.execute("PING"), return_exceptions=True)
+    assert all(isinstance(r, RedisTimeoutError) for r in results), results
+    assert 0.25 <= loop.time() - start < 2
+    await batcher.close()
+    server.close()
+    await server.wait_closed()
+
+
+async def test_the_timeout_applies_to_each_batch_not_to_a_run_of_them(client):
+    """Batches back to back on one connection, each answered within the timeout but together
+    taking longer: none times out (the per-connection timer follows the batch in flight). A batch
+    slower than the timeout does, and the next one runs on a fresh connection."""
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    batcher = CommandBatcher(client, connections=1, timeout=0.5)
+    for _ in range(4):  # BLPOP on an empty list answers nil after its own timeout, 0.2 s
+        assert await batcher.execute("BLPOP", "nothing", "0.2") is None
+    with pytest.raises(RedisTimeoutError):
+        await batcher.execute("BLPOP", "nothing", "2")
+    assert await batcher.execute("PING") == "PONG"
+    await batcher.close()
+
+
+@pytest.mark.parametrize("commands", [
+    [("EVALSHA", SEND_SCRIPT_SHA, 1, "chat:{é:b}", "é", "x" * 7000), ("XRANGE", "k", "0", "+", "COUNT", 21)],
+    [("PING",), ("SET", b"k", b"v" * 10), ("XREVRANGE", "k", "+", "-", "COUNT", 1), ("GET", "")],
+    [("CONFIG GET", "maxmemory")],  # a name with a space: redis-py splits it
+    [("SET", "f", 1.5)],  # a float: redis-py's own packer
+])
+def test_pack_commands_is_byte_for_byte_redis_pys(commands):
+    known_arguments("k")  # a known argument, as the storage's constants are
+    conn = aioredis.Connection()
+    packed = pack_commands(conn, commands)
+    assert (packed if isinstance(packed, bytes) else b"".join(packed)) == b"".join(conn.pack_commands(commands))

@@ -21,7 +21,7 @@ from chatsvc.settings import WireLimits
 from chatsvc.wire import codec, framing
 from chatsvc.wire.framing import Frame, Header, Transport
 from chatsvc.wire.scan import ProtocolError
-from chatsvc.wire.writer import CoalescingWriter
+from chatsvc.wire.writer import CoalescingWriter, FlushGroup
 
 log = logging.getLogger("chatsvc.server")
 
@@ -35,10 +35,25 @@ class ServerLimits:
     read_timeout: float = 10.0  # a message started must be complete within this
 
 
-@dataclass
 class Reply:
-    data: bytes
-    close: bool = False
+    """The bytes to write back for one message, and whether to close the connection after them."""
+
+    __slots__ = ("data", "close")
+
+    def __init__(self, data: bytes, close: bool = False) -> None:
+        self.data = data
+        self.close = close
+
+
+class _Method:
+    """What the server needs to run one of the service's methods, looked up once."""
+
+    __slots__ = ("args", "result", "arg_names")
+
+    def __init__(self, service: Any, name: str) -> None:
+        self.args = getattr(service, name + "_args")
+        self.result = getattr(service, name + "_result")
+        self.arg_names = [spec[1] for spec in self.args.thrift_spec.values()]
 
 
 class ThriftServer:
@@ -51,6 +66,9 @@ class ThriftServer:
         self.connections: set[_Connection] = set()
         self.stopping = False
         self._server: asyncio.Server | None = None
+        self._methods = {name: _Method(service, name) for name in service.thrift_services}
+        self.flushes = FlushGroup()  # every connection's replies of one loop pass, then one flush
+        self._codec = codec.Codec()
 
     async def start(self, host: str, port: int) -> asyncio.Server:
         loop = asyncio.get_running_loop()
@@ -91,22 +109,24 @@ class ThriftServer:
         if head.mtype != codec.CALL:
             return self._exception(frame, head.name, head.seqid, "invalid message type",
                                    TApplicationException.INVALID_MESSAGE_TYPE, close=True)
-        if head.name not in self.service.thrift_services:
+        method = self._methods.get(head.name)
+        if method is None:
             return self._exception(frame, head.name, head.seqid, f"unknown method {head.name}",
                                    TApplicationException.UNKNOWN_METHOD)
-        args = getattr(self.service, head.name + "_args")()
-        codec.decode_body(frame.payload, args)
-        if frame.header is not None and log.isEnabledFor(logging.DEBUG):
-            _log_header(head.name, frame.header)
-        method = getattr(self.handler, head.name)
-        call_args = [getattr(args, spec[1]) for spec in args.thrift_spec.values()]
-        deadline = _deadline(frame.header)
+        args = method.args()
+        self._codec.decode_body(frame.payload, args)
+        header = frame.header
+        if header is not None and log.isEnabledFor(logging.DEBUG):
+            _log_header(head.name, header)
+        handle = getattr(self.handler, head.name)
+        call_args = [getattr(args, name) for name in method.arg_names]
+        deadline = None if header is None else _deadline(header)
         try:
             if deadline is None:
-                result = await method(*call_args)
+                result = await handle(*call_args)
             else:
                 async with asyncio.timeout(deadline):
-                    result = await method(*call_args)
+                    result = await handle(*call_args)
         except TimeoutError:
             return self._exception(frame, head.name, head.seqid, "deadline exceeded (RPCTimeout)",
                                    TApplicationException.INTERNAL_ERROR)
@@ -114,8 +134,7 @@ class ThriftServer:
             log.exception("handler %s failed", head.name)
             return self._exception(frame, head.name, head.seqid, f"internal error: {type(exc).__name__}",
                                    TApplicationException.INTERNAL_ERROR)
-        payload = codec.encode(head.name, codec.REPLY, head.seqid,
-                               getattr(self.service, head.name + "_result")(success=result))
+        payload = self._codec.encode(head.name, codec.REPLY, head.seqid, method.result(success=result))
         return Reply(_wrap(frame, payload, reply_type="2"))
 
     def _exception(self, frame: Frame, name: str, seqid: int, message: str, kind: int,
@@ -130,10 +149,8 @@ class ThriftServer:
         return framing.wrap(transport or Transport.BUFFERED, payload)
 
 
-def _deadline(header: Header | None) -> float | None:
+def _deadline(header: Header) -> float | None:
     """The caller's RPCTimeout (TTHeader int key 12, milliseconds) in seconds, if it sent one."""
-    if header is None:
-        return None
     raw = header.ints.get(framing.RPC_TIMEOUT, "")
     return int(raw) / 1000 if raw.isdigit() and int(raw) > 0 else None
 
@@ -152,20 +169,23 @@ def _log_header(method: str, header: Header) -> None:
 
 
 class _Slot:
-    """A call's place in its connection's reply order; ``reply`` is set when it is ready."""
+    """A call's place in its connection's reply order; ``reply`` is set when it is ready, and
+    ``task`` (the call's task) lets the call take itself out of ``tasks`` as it ends."""
 
-    __slots__ = ("reply",)
+    __slots__ = ("reply", "task")
 
     def __init__(self, reply: Reply | None = None) -> None:
         self.reply = reply
+        self.task: asyncio.Task[None] | None = None
 
 
 class _Connection(CoalescingWriter, asyncio.Protocol):
     def __init__(self, server: ThriftServer) -> None:
-        super().__init__()
+        super().__init__(server.flushes)
         self.server = server
+        self._loop = asyncio.get_running_loop()
         self.reader = framing.FrameReader(server.limits.wire)
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.tasks: set[asyncio.Task[None]] = set()  # calls running (at most max_pipeline)
         self._slots: deque[_Slot] = deque()  # calls whose replies are not written yet, in order
         self._waiting: deque[tuple[Frame, _Slot]] = deque()  # calls over max_pipeline, not started
         self._paused = False
@@ -219,19 +239,21 @@ class _Connection(CoalescingWriter, asyncio.Protocol):
         if self._closing:
             return
         self._last_active = time.monotonic()
+        reader = self.reader
         try:
-            frames = self.reader.feed(data)
+            frames = reader.feed(data)
         except ProtocolError as exc:
             self._fail(exc)
             return
         for frame in frames:
             self._dispatch(frame)
-        if self.reader.error is not None:
-            self._fail(self.reader.error)
-        elif self.reader.buffered and self._partial is None:
-            self._partial = asyncio.get_running_loop().call_later(
-                self.server.limits.read_timeout, self._read_timed_out, self.reader.frames_read)
-        elif not self.reader.buffered and self._partial is not None:
+        if reader.error is not None:
+            self._fail(reader.error)
+        elif reader.buffered:
+            if self._partial is None:
+                self._partial = self._loop.call_later(
+                    self.server.limits.read_timeout, self._read_timed_out, reader.frames_read)
+        elif self._partial is not None:
             self._partial.cancel()
             self._partial = None
 
@@ -270,12 +292,24 @@ class _Connection(CoalescingWriter, asyncio.Protocol):
             self.transport.pause_reading()
 
     def _start(self, frame: Frame, slot: _Slot) -> None:
-        task = asyncio.get_running_loop().create_task(self._serve(frame, slot))
+        slot.task = task = self._loop.create_task(self._serve(frame, slot))
         self.tasks.add(task)
-        task.add_done_callback(self._task_done)
 
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self.tasks.discard(task)
+    async def _serve(self, frame: Frame, slot: _Slot) -> None:
+        try:
+            try:
+                slot.reply = await self.server.call(frame)
+            except ProtocolError as exc:
+                log.info("undecodable message: %s", exc)
+                slot.reply = Reply(self.server.protocol_error(frame.transport, str(exc)), close=True)
+            self._emit_ready()
+        finally:
+            # The call's place in the pipeline is freed as it ends, rather than in a done callback,
+            # which would cost one more event-loop callback per call.
+            self.tasks.discard(slot.task)
+            self._call_done()
+
+    def _call_done(self) -> None:
         self._last_active = time.monotonic()
         while self._waiting and len(self.tasks) < self.server.limits.max_pipeline:
             self._start(*self._waiting.popleft())
@@ -284,22 +318,21 @@ class _Connection(CoalescingWriter, asyncio.Protocol):
             if self.transport is not None:
                 self.transport.resume_reading()
 
-    async def _serve(self, frame: Frame, slot: _Slot) -> None:
-        try:
-            slot.reply = await self.server.call(frame)
-        except ProtocolError as exc:
-            log.info("undecodable message: %s", exc)
-            slot.reply = Reply(self.server.protocol_error(frame.transport, str(exc)), close=True)
-        self._emit_ready()
-
     def _emit_ready(self) -> None:
-        """Queue every reply that is next in order; write them together at the end of this loop pass."""
+        """Write every reply that is next in order.
+
+        When no other reply is owed on this connection they are written at once: nothing more can
+        join them in this loop pass (a call needs a pass of its own to run). Otherwise, at the end
+        of this pass, together with the replies that complete in it.
+        """
         slots = self._slots
+        queued = False
         while slots and slots[0].reply is not None:
             reply = slots.popleft().reply
             assert reply is not None
             if reply.data:
-                self.write_soon(reply.data)
+                self.queue(reply.data)
+                queued = True
             if reply.close:
                 slots.clear()
                 self._waiting.clear()
@@ -307,9 +340,14 @@ class _Connection(CoalescingWriter, asyncio.Protocol):
                 return
         if self._eof and not slots:
             self.close()
+        elif queued:
+            if slots:
+                self.flush_soon()
+            else:
+                self.flush()
 
     def _schedule_idle(self, delay: float) -> None:
-        self._idle = asyncio.get_running_loop().call_later(delay, self._check_idle)
+        self._idle = self._loop.call_later(delay, self._check_idle)
 
     def _check_idle(self) -> None:
         """Close a connection with no call in flight and no bytes for ``idle_timeout``."""

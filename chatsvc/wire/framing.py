@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from struct import Struct
+from typing import NamedTuple
 
 from chatsvc.settings import WireLimits
 from chatsvc.wire.scan import VERSION_1, VERSION_MASK, Incomplete, MessageHead, ProtocolError, scan_message
@@ -58,9 +59,9 @@ class Header:
     acl_token: str | None = None
 
 
-@dataclass
-class Frame:
-    """One complete strict-binary message, its message header, and how it was carried."""
+class Frame(NamedTuple):
+    """One complete strict-binary message, its message header, and how it was carried (a tuple:
+    one is built per message)."""
 
     transport: Transport
     payload: bytes
@@ -108,10 +109,30 @@ class FrameReader:
         """
         if self.error is not None:
             raise self.error
-        buf = self._buf
-        buf += data
-        if len(buf) < self._need:
-            return []
+        if self._buf:
+            buf = self._buf
+            buf += data
+            if len(buf) < self._need:
+                return []
+            frames, pos = self._cut(buf)
+            if self.error is not None:
+                return frames
+            if pos:
+                del buf[:pos]
+        else:
+            # Nothing pending (the usual case: whole messages per read): cut ``data`` itself, so a
+            # message that fills it is passed on without a copy. Only a remainder is kept.
+            frames, pos = self._cut(data)
+            if self.error is not None:
+                return frames
+            if pos < len(data):
+                self._buf += memoryview(data)[pos:]
+        if len(self._buf) > self._limits.max_frame_bytes + self._limits.max_header_bytes:
+            raise ProtocolError(f"message larger than {self._limits.max_frame_bytes} bytes")
+        return frames
+
+    def _cut(self, buf: bytes | bytearray) -> tuple[list[Frame], int]:
+        """The complete frames at the start of ``buf``, and where the first incomplete one starts."""
         frames: list[Frame] = []
         pos = 0
         try:
@@ -128,14 +149,9 @@ class FrameReader:
             if not frames:
                 raise
             self.error = exc
-            return frames
-        if pos:
-            del buf[:pos]
-        if len(buf) > self._limits.max_frame_bytes + self._limits.max_header_bytes:
-            raise ProtocolError(f"message larger than {self._limits.max_frame_bytes} bytes")
-        return frames
+        return frames, pos
 
-    def _next(self, buf: bytearray, pos: int) -> tuple[Frame, int]:
+    def _next(self, buf: bytes | bytearray, pos: int) -> tuple[Frame, int]:
         transport = detect(buf, pos)
         self.last_transport = transport
         if transport is Transport.BUFFERED:
@@ -146,7 +162,7 @@ class FrameReader:
             return Frame(transport, *self._whole_message(buf, start, end)), end
         return self._ttheader(buf, pos)
 
-    def _frame_bounds(self, buf: bytearray, pos: int, limit: int) -> tuple[int, int]:
+    def _frame_bounds(self, buf: bytes | bytearray, pos: int, limit: int) -> tuple[int, int]:
         if pos + 4 > limit:
             raise Incomplete(pos + 4)
         size = _U32.unpack_from(buf, pos)[0]
@@ -157,7 +173,7 @@ class FrameReader:
             raise Incomplete(end)
         return pos + 4, end
 
-    def _whole_message(self, buf: bytearray, start: int, end: int) -> tuple[bytes, MessageHead]:
+    def _whole_message(self, buf: bytes | bytearray, start: int, end: int) -> tuple[bytes, MessageHead]:
         """The frame's payload, which must be exactly one complete message, and its header."""
         try:
             head, stop = scan_message(buf, start, end, self._limits)
@@ -167,7 +183,7 @@ class FrameReader:
             raise ProtocolError(f"{end - stop} trailing bytes after the message in a frame")
         return bytes(buf[start:end]), head
 
-    def _ttheader(self, buf: bytearray, pos: int) -> tuple[Frame, int]:
+    def _ttheader(self, buf: bytes | bytearray, pos: int) -> tuple[Frame, int]:
         lim = self._limits
         if pos + 14 > len(buf):
             raise Incomplete(pos + 14)

@@ -8,13 +8,14 @@ Cython decoder over a memory buffer does not raise on a short read, it decodes g
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from struct import Struct
+from typing import NamedTuple
 
 from chatsvc.settings import WireLimits
 
 _I32 = Struct(">i")
 _U32 = Struct(">I")
+_HEAD = Struct(">Ii")  # version word, method name length
 
 VERSION_MASK = 0xFFFF0000
 VERSION_1 = 0x80010000
@@ -38,8 +39,7 @@ class Incomplete(Exception):
         self.need = need
 
 
-@dataclass(frozen=True)
-class MessageHead:
+class MessageHead(NamedTuple):  # a tuple: built once per message, and cheaper than a dataclass
     name: str
     mtype: int
     seqid: int
@@ -47,25 +47,28 @@ class MessageHead:
 
 def read_head(buf: bytes | bytearray | memoryview, pos: int, end: int) -> tuple[MessageHead, int]:
     """Read the strict-binary message header at ``pos``; return it and where the body starts."""
-    if pos + 4 > end:
-        raise Incomplete(pos + 4)
-    word = _U32.unpack_from(buf, pos)[0]
-    if word & VERSION_MASK != VERSION_1:
-        raise ProtocolError(f"not a strict binary Thrift message (first word {word:#010x})")
-    if pos + 8 > end:
-        raise Incomplete(pos + 8)
-    n = _I32.unpack_from(buf, pos + 4)[0]
+    if pos + 8 > end:  # a short read: check the version word if it is there, then wait for more
+        if pos + 4 <= end:
+            _check_version(_U32.unpack_from(buf, pos)[0])
+        raise Incomplete(pos + 4 if pos + 4 > end else pos + 8)
+    word, n = _HEAD.unpack_from(buf, pos)  # both words at once: the usual case
+    _check_version(word)
     if not 0 <= n <= MAX_NAME_BYTES:
         raise ProtocolError(f"bad method name length {n}")
     body = pos + 8 + n + 4
     if body > end:
         raise Incomplete(body)
     try:
-        name = bytes(buf[pos + 8 : pos + 8 + n]).decode("utf-8")
+        name = str(buf[pos + 8 : pos + 8 + n], "utf-8")
     except UnicodeDecodeError:
         raise ProtocolError("method name is not valid UTF-8") from None
     seqid = _I32.unpack_from(buf, pos + 8 + n)[0]
     return MessageHead(name, word & 0xFF, seqid), body
+
+
+def _check_version(word: int) -> None:
+    if word & VERSION_MASK != VERSION_1:
+        raise ProtocolError(f"not a strict binary Thrift message (first word {word:#010x})")
 
 
 def scan_message(buf: bytes | bytearray | memoryview, pos: int, end: int,

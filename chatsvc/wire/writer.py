@@ -10,17 +10,50 @@ from __future__ import annotations
 import asyncio
 
 
-class CoalescingWriter:
+class FlushGroup:
+    """Flushes many connections with one event-loop callback per pass instead of one each.
+
+    A server answering many connections in one pass (a Redis batch completes a call on each)
+    saves a callback per reply.
+    """
+
     def __init__(self) -> None:
+        self._pending: list[CoalescingWriter] = []
+
+    def add(self, writer: CoalescingWriter) -> None:
+        if not self._pending:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._pending.append(writer)
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        for writer in pending:
+            writer.flush()
+
+
+class CoalescingWriter:
+    def __init__(self, group: FlushGroup | None = None) -> None:
         self.transport: asyncio.Transport | None = None
         self._out: list[bytes] = []
         self._flush_scheduled = False
+        self._group = group
 
     def write_soon(self, data: bytes) -> None:
         self._out.append(data)
+        self.flush_soon()
+
+    def queue(self, data: bytes) -> None:
+        """Add ``data`` to the next write, without scheduling it (``flush`` or ``flush_soon``)."""
+        self._out.append(data)
+
+    def flush_soon(self) -> None:
+        """Write what is queued at the end of this loop pass."""
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
+            if self._group is not None:
+                self._group.add(self)
+            else:
+                asyncio.get_running_loop().call_soon(self.flush)
 
     def flush(self) -> None:
         self._flush_scheduled = False

@@ -8,7 +8,6 @@ Every rule failure raises ``InvalidArgument`` before storage is touched.
 from __future__ import annotations
 
 import unicodedata
-from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 from chatsvc.errors import InvalidArgument
@@ -18,6 +17,10 @@ from chatsvc.storage import StoredMessage
 # send_time is in microseconds and Redis stream ids are unsigned 64-bit: any int64 cursor fits.
 INT64_MAX = 2**63 - 1
 
+# Builds a NamedTuple from a tuple of its fields in C (``Message._make`` without its Python frame),
+# for the per-message loop of a page.
+_new_tuple = tuple.__new__
+
 
 class Storage(Protocol):
     async def append(self, chat: str, sender: str, text: str) -> int: ...
@@ -25,8 +28,7 @@ class Storage(Protocol):
     async def page(self, chat: str, cursor: int, count: int, reverse: bool) -> list[StoredMessage]: ...
 
 
-@dataclass(frozen=True)
-class Chat:
+class Chat(NamedTuple):
     """A chat between two members, in canonical form (members sorted by code point)."""
 
     first: str
@@ -47,8 +49,7 @@ class Message(NamedTuple):
     send_time: int
 
 
-@dataclass(frozen=True)
-class PullQuery:
+class PullQuery(NamedTuple):
     """A validated page request: the limit defaulted and clamped, the direction explicit."""
 
     chat: Chat
@@ -57,8 +58,7 @@ class PullQuery:
     reverse: bool
 
 
-@dataclass(frozen=True)
-class Page:
+class Page(NamedTuple):
     messages: list[Message]
     has_more: bool
     next_cursor: int
@@ -83,7 +83,15 @@ def _utf8_len(value: str, field: str) -> int:
 
 def parse_chat(raw: object, limits: Limits) -> Chat:
     """``a:b`` or ``b:a`` to the canonical ``Chat``; names are case-sensitive and never trimmed."""
-    value = _text(raw, "chat")
+    value = raw if type(raw) is str else _text(raw, "chat")
+    # Fast path for the usual chat id: printable ASCII (so no control characters, one byte per
+    # character) with two short, non-empty names. Anything else takes the checks below, which
+    # also pick the error to report.
+    if value.isascii() and value.isprintable():
+        first, _, second = value.partition(":")
+        size = limits.max_member_bytes
+        if first and second and ":" not in second and len(first) <= size and len(second) <= size:
+            return Chat(first, second) if first <= second else Chat(second, first)
     if value.count(":") != 1:
         raise InvalidArgument("chat", 'must be "<member1>:<member2>" with exactly one ":"')
     first, second = value.split(":")
@@ -126,11 +134,12 @@ class ChatService:
             sender: exactly one of the chat's two members.
         """
         parsed = parse_chat(chat, self.limits)
-        who = _text(sender, "sender")
+        # A str (the usual case) needs none of _text's checks: skip the call.
+        who = sender if type(sender) is str else _text(sender, "sender")
         if not parsed.has_member(who):
             raise InvalidArgument("sender", "must be one of the chat's two members")
-        body = _text(text, "text")
-        size = _utf8_len(body, "text")
+        body = text if type(text) is str else _text(text, "text")
+        size = len(body) if body.isascii() else _utf8_len(body, "text")
         if size == 0:
             raise InvalidArgument("text", "must not be empty")
         if size > self.limits.max_text_bytes:
@@ -144,8 +153,10 @@ class ChatService:
             Up to ``limit`` messages in the query's direction; ``has_more`` iff another message
             exists beyond them, and then ``next_cursor`` is its send_time (else 0).
         """
-        rows = await self._storage.page(query.chat.id, query.cursor, query.limit + 1, query.reverse)
-        has_more = len(rows) > query.limit
         chat_id = query.chat.id
-        messages = [Message(chat_id, r.text, r.sender, r.send_time) for r in rows[: query.limit]]
-        return Page(messages, has_more, rows[query.limit].send_time if has_more else 0)
+        limit = query.limit
+        rows = await self._storage.page(chat_id, query.cursor, limit + 1, query.reverse)
+        has_more = len(rows) > limit
+        messages = [_new_tuple(Message, (chat_id, text, sender, send_time))
+                    for sender, text, send_time in rows[:limit]]
+        return Page(messages, has_more, rows[limit].send_time if has_more else 0)

@@ -122,6 +122,24 @@ async def test_time_never_goes_backwards_when_the_clock_does(storage, raw):
     assert await storage.append("a:b", "a", "now") < future
 
 
+async def test_concurrent_appends_within_one_microsecond_get_consecutive_times(storage, raw):
+    """The send script's fallback: many appends to one chat in one batch, most of them inside the
+    same microsecond of Redis's clock, still get distinct, consecutive-or-later times."""
+    times = await asyncio.gather(*(storage.append("m:n", "m", f"t{i}") for i in range(200)))
+    assert len(set(times)) == 200
+    rows = await storage.page("m:n", 0, 300, False)
+    assert sorted(r.text for r in rows) == sorted(f"t{i}" for i in range(200))
+    assert [r.send_time for r in rows] == sorted(times)
+    assert {r.text: r.send_time for r in rows} == {f"t{i}": t for i, t in enumerate(times)}
+
+
+async def test_append_to_a_key_that_is_not_a_stream_fails_and_changes_nothing(storage, raw):
+    raw.set("chat:{p:q}", "not a stream")
+    with pytest.raises(StorageUnavailable):  # the XADD error (WRONGTYPE), as before the fast path
+        await storage.append("p:q", "p", "hello")
+    assert raw.get("chat:{p:q}") == "not a stream"
+
+
 async def test_large_times_keep_full_precision(storage, raw):
     # Beyond Lua's 14 significant digits (the %.0f formatting in the script).
     big = 1_700_000_000_000_001 + 10**15

@@ -35,7 +35,10 @@ def encode(name: str, mtype: int, seqid: int, struct: Any) -> bytes:
 
 def decode_body(payload: bytes, struct: Any) -> tuple[str, int, int]:
     """Read the message header and fill ``struct`` from the body; returns (name, type, seqid)."""
-    proto = _Protocol(_Buffer(payload))
+    return _read(_Protocol(_Buffer(payload)), struct)
+
+
+def _read(proto: Any, struct: Any) -> tuple[str, int, int]:
     try:
         name, mtype, seqid = proto.read_message_begin()
         proto.read_struct(struct)
@@ -78,13 +81,7 @@ class Codec:
         if len(payload) > self.KEEP_BYTES:
             return decode_body(payload, struct)
         self._in.setvalue(payload)
-        reader = self._reader
-        try:
-            name, mtype, seqid = reader.read_message_begin()
-            reader.read_struct(struct)
-        except Exception as exc:  # thriftpy2 raises assorted errors on malformed input
-            raise ProtocolError(f"cannot decode message: {exc}") from None
-        return name, mtype, seqid
+        return _read(self._reader, struct)
 
 
 def application_error(message: str, kind: int) -> TApplicationException:

@@ -115,7 +115,7 @@ class _Connection(CoalescingWriter, asyncio.Protocol):
         fut: asyncio.Future[Any] = self._client.loop.create_future()
         self._pending[seqid] = (method, result_cls, fut, deadline)
         self._client.watch_deadlines()
-        payload = codec.encode(method, codec.CALL, seqid, args)
+        payload = self._client.codec.encode(method, codec.CALL, seqid, args)
         info = self._client.header_info(method)
         self.write_soon(framing.wrap(self._client.settings.transport, payload, seqid, info))
         return seqid, fut
@@ -151,7 +151,7 @@ class _Connection(CoalescingWriter, asyncio.Protocol):
             raise RPCProtocolError(f"reply with unexpected seqid {head.seqid}")
         method, result_cls, fut, _ = entry
         try:
-            outcome = self._outcome(frame.payload, head, method, result_cls)
+            outcome = self._outcome(self._client.codec, frame.payload, head, method, result_cls)
         except (ProtocolError, RPCProtocolError) as exc:
             if not fut.done():
                 fut.set_exception(RPCProtocolError(str(exc)))
@@ -164,7 +164,7 @@ class _Connection(CoalescingWriter, asyncio.Protocol):
             fut.set_result(outcome)
 
     @staticmethod
-    def _outcome(payload: bytes, head: MessageHead, method: str, result_cls: Any) -> Any:
+    def _outcome(coder: codec.Codec, payload: bytes, head: MessageHead, method: str, result_cls: Any) -> Any:
         """The decoded result struct, or the RPCApplicationError the server sent instead."""
         if head.mtype == codec.EXCEPTION:
             exc = TApplicationException()
@@ -173,7 +173,7 @@ class _Connection(CoalescingWriter, asyncio.Protocol):
         if head.mtype != codec.REPLY or head.name != method:
             raise RPCProtocolError(f"expected a reply to {method}, got type {head.mtype} for {head.name!r}")
         result = result_cls()
-        codec.decode_body(payload, result)
+        coder.decode_body(payload, result)
         return result
 
     def _fail(self, exc: RPCError) -> None:
@@ -248,6 +248,7 @@ class ChatClient(IMServiceClient):
         self._sweep_every = min(self.settings.call_timeout / 5, 0.1)
         self._sweeper: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.codec = codec.Codec()  # buffers reused by every call of this client (one event loop)
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:

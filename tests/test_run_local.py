@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -12,22 +15,48 @@ import urllib.request
 
 import pytest
 
-from tests.procs import ROOT, free_port, redis_server_binary, wait_port
+from tests.procs import ROOT, redis_server_binary, wait_port
+
+EPHEMERAL_LOW = 32768  # Linux's default ip_local_port_range starts here
+
+
+def fixed_ports(n: int) -> list[int]:
+    """``n`` consecutive free ports below the ephemeral range.
+
+    The launcher gives the chatsvc instances consecutive ports and starts them one after another.
+    A port from ``free_port()`` is an ephemeral one: by the time the second instance binds
+    ``port + 1``, the first one's outgoing Redis connections (or any other process's) may hold it
+    as their local port. Ports below the ephemeral range are never handed out that way.
+    """
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20000, EPHEMERAL_LOW - n)
+        try:
+            with contextlib.ExitStack() as stack:
+                for port in range(base, base + n):
+                    sock = stack.enter_context(socket.socket())
+                    sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return list(range(base, base + n))
+    raise RuntimeError("no block of free ports below the ephemeral range")
 
 
 @pytest.mark.parametrize("instances,workers", [(1, 1), (2, 2)])
 def test_make_run_serves_and_stops_on_ctrl_c(tmp_path, instances, workers):
     assert redis_server_binary() is not None
-    gw, svc, rd = free_port(), free_port(), free_port()
-    while svc + 1 in (gw, rd):
-        svc = free_port()
+    svc, *_, gw, rd = fixed_ports(instances + 2)  # chatsvc instances on svc, svc + 1, ...
     env = {**os.environ, "GATEWAY_PORT": str(gw), "CHATSVC_PORT": str(svc), "REDIS_PORT": str(rd),
            "VAR_DIR": str(tmp_path), "CHATSVC_INSTANCES": str(instances), "GATEWAY_WORKERS": str(workers)}
     env.pop("REDIS_URL", None)
     proc = subprocess.Popen([sys.executable, "scripts/run_local.py"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        wait_port(gw, proc, timeout=30)
+        try:
+            wait_port(gw, proc, timeout=30)
+        except RuntimeError:
+            proc.kill()
+            raise RuntimeError(f"make run did not start:\n{proc.communicate()[0]}") from None
         time.sleep(0.3)
         with urllib.request.urlopen(f"http://127.0.0.1:{gw}/ping", timeout=5) as r:
             assert json.load(r) == {"message": "pong"}

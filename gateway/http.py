@@ -8,7 +8,8 @@ server is small, and all of it is here:
 
 - keep-alive and HTTP/1.0 ``Connection`` rules (the parser's ``should_close``), pipelined
   requests answered one at a time in order (at most ``max_pipelined`` queued, then reading
-  pauses), ``Expect: 100-continue``, chunked request bodies, ``HEAD`` on every ``GET`` route;
+  pauses; a client that does not read its answers is not answered or read further until it
+  does), ``Expect: 100-continue``, chunked request bodies, ``HEAD`` on every ``GET`` route;
 - a body is read only when the handler asks for it (``Request.read``), after authentication and
   routing, within a size limit (413) and a time limit (408); a response sent before the body was
   all in closes the connection;
@@ -153,7 +154,8 @@ class HttpConnection(asyncio.Protocol):
         self._queue: deque[tuple[RawRequestMessage, StreamReader]] = deque()
         self._body: StreamReader | None = None  # the last request's body, while it is arriving
         self._task: asyncio.Task[None] | None = None  # the request being answered
-        self._paused = False  # reading paused (queue full, or a body's buffer full)
+        self._paused = False  # reading paused (queue full, a body's buffer full, or writing paused)
+        self._write_paused = False  # the transport's buffer is full: the client is not reading
         self._eof = False  # the client has half-closed: answer what was read, then close
         self._peer = ""
         # Read by the ConnectionLimiter's sweep:
@@ -190,7 +192,7 @@ class HttpConnection(asyncio.Protocol):
             self._queue.extend(messages)
             self._body = messages[-1][1]
             self.waiting_since = None
-            if self._task is None:
+            if self._task is None and not self._write_paused:
                 self._next()
             if len(self._queue) >= self._server.max_pipelined:
                 self.pause_reading()
@@ -217,9 +219,23 @@ class HttpConnection(asyncio.Protocol):
             self._transport.pause_reading()
 
     def resume_reading(self, *args: Any, **kwargs: Any) -> None:
-        if self._paused and self._transport is not None and len(self._queue) < self._server.max_pipelined:
+        if (self._paused and not self._write_paused and self._transport is not None
+                and len(self._queue) < self._server.max_pipelined):
             self._paused = False
             self._transport.resume_reading()
+
+    def pause_writing(self) -> None:
+        """The transport's buffer is over its high-water mark: a client that pipelines requests
+        without reading the answers. Answer and read nothing more until it drains, so that the
+        answers waiting for it stay bounded."""
+        self._write_paused = True
+        self.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self.resume_reading()
+        if self._task is None and self._queue and self._transport is not None:
+            self._next()
 
     # -- answering --------------------------------------------------------------------------------
 
@@ -244,9 +260,10 @@ class HttpConnection(asyncio.Protocol):
             log.exception("unhandled error on %s %s", msg.method, msg.path)
             response = error_response(500, "internal error")
         self._task = None
-        # Unread body bytes would have to be read past; closing is simpler and rare.
-        close = (response.close or msg.should_close or self._eof or server.stopping
-                 or not payload.is_eof())
+        # Unread body bytes would have to be read past; closing is simpler and rare. A client
+        # that has half-closed gets the answers to every request it sent, then the close.
+        close = (response.close or msg.should_close or server.stopping or not payload.is_eof()
+                 or (self._eof and not self._queue))
         data = render(response, server.date(), head_only=msg.method == "HEAD", close=close,
                       keep_alive_10=not close and msg.version < (1, 1))
         self.write(data)
@@ -255,7 +272,8 @@ class HttpConnection(asyncio.Protocol):
         if close:
             self.close()
         elif self._queue:
-            self._next()
+            if not self._write_paused:  # else resume_writing starts the next one
+                self._next()
         else:
             self.idle_since = self._loop.time()
 

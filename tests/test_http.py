@@ -229,3 +229,34 @@ def test_responses_carry_a_current_date(port):
         _, headers, _ = read_response(sock)
     sent = email.utils.parsedate_to_datetime(headers["date"]).timestamp()
     assert abs(sent - time.time()) < 5
+
+
+def test_a_client_that_does_not_read_its_answers_is_not_read_either(port):
+    """Pipelined requests from a client that reads no answers: once the answers waiting for it
+    fill the gateway's buffers, the gateway stops answering and reading, so the client's own sends
+    stall (without flow control the gateway would read on and buffer every answer). Every request
+    sent is still answered once the client reads."""
+    request = (b"GET /openapi.json HTTP/1.1\r\nHost: gw\r\nX-Pad: " + b"p" * 7000 + b"\r\n\r\n")  # ~9 KB answer
+    limit = 40 * 1024 * 1024  # bytes of requests a gateway without flow control would take in
+    sent = 0
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        sock.connect(("127.0.0.1", port))
+        sock.settimeout(2)
+        try:
+            while sent < limit:
+                sent += sock.send(request * 16)
+        except TimeoutError:
+            pass
+        assert sent < limit, "the gateway kept reading a client that reads none of its answers"
+        sock.shutdown(socket.SHUT_WR)  # the gateway answers every whole request, then closes
+        responses = Responses(sock)
+        answered = 0
+        while True:
+            try:
+                status, _, body = responses.next()
+            except AssertionError:  # closed: every answer is in
+                break
+            assert status == 200 and body.startswith(b'{"openapi"')
+            answered += 1
+    assert answered == sent // len(request)

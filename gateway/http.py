@@ -56,12 +56,11 @@ class BodyError(Exception):
 class Request:
     """One parsed request. ``read`` returns the body, which is read only when asked for."""
 
-    __slots__ = ("method", "path", "version", "headers", "_msg", "_payload", "_conn")
+    __slots__ = ("method", "path", "headers", "_msg", "_payload", "_conn")
 
     def __init__(self, msg: RawRequestMessage, payload: StreamReader, conn: HttpConnection) -> None:
         self.method: str = msg.method
         self.path: str = msg.url.path
-        self.version = msg.version
         self.headers: CIMultiDictProxy[str] = msg.headers
         self._msg = msg
         self._payload = payload
@@ -70,11 +69,6 @@ class Request:
     @property
     def query(self) -> MultiDictProxy[str]:
         return self._msg.url.query
-
-    @property
-    def raw_path(self) -> str:
-        """The target as sent (path and query string)."""
-        return self._msg.path
 
     async def read(self, limit: int, timeout: float) -> bytes:
         """The whole body: 413 beyond ``limit`` bytes, 408 if it takes longer than ``timeout``."""

@@ -30,9 +30,22 @@ class Field:
     bounds: tuple[int, int] | None = None
 
 
-SEND_FIELDS = (Field("chat", str), Field("text", str), Field("sender", str))
-PULL_FIELDS = (Field("chat", str), Field("cursor", int, INT64), Field("limit", int, INT32),
-               Field("reverse", bool))
+class Fields(tuple[Field, ...]):
+    """A request's fields, with the spellings clients use (``Chat``, ``chat``, ``CHAT``) found by
+    one dict lookup; any other case-insensitive match takes the slow path in ``_match``. Field
+    names differ case-insensitively, so either path finds the same field."""
+
+    spellings: dict[str, Field]
+
+    def __new__(cls, *fields: Field) -> Fields:
+        self = super().__new__(cls, fields)
+        self.spellings = {s: f for f in fields for s in (f.name, f.name.capitalize(), f.name.upper())}
+        return self
+
+
+SEND_FIELDS = Fields(Field("chat", str), Field("text", str), Field("sender", str))
+PULL_FIELDS = Fields(Field("chat", str), Field("cursor", int, INT64), Field("limit", int, INT32),
+                     Field("reverse", bool))
 
 
 @dataclass(frozen=True)
@@ -63,16 +76,8 @@ def parse_body(body: bytes) -> dict[str, Any]:
     return value
 
 
-# The spellings clients use (``Chat``, ``chat``, ``CHAT``) found by one dict lookup; any other
-# case-insensitive match takes the slow path. Field names differ case-insensitively, so either
-# path finds the same field.
-_SPELLINGS = {id(fields): {spelling: f for f in fields for spelling in (f.name, f.name.capitalize(), f.name.upper())}
-              for fields in (SEND_FIELDS, PULL_FIELDS)}
-
-
-def _match(key: str, fields: tuple[Field, ...]) -> Field | None:
-    spellings = _SPELLINGS.get(id(fields))
-    if spellings is not None and (f := spellings.get(key)) is not None:
+def _match(key: str, fields: Fields) -> Field | None:
+    if (f := fields.spellings.get(key)) is not None:
         return f
     for f in fields:
         if key == f.name:
@@ -104,7 +109,7 @@ def _kind_name(f: Field) -> str:
     return {str: "a string", bool: "a boolean"}[f.kind]
 
 
-def bind(obj: Mapping[str, Any], fields: tuple[Field, ...]) -> dict[str, Any]:
+def bind(obj: Mapping[str, Any], fields: Fields) -> dict[str, Any]:
     """Field values from a decoded JSON object, keyed by the canonical field names."""
     out: dict[str, Any] = {}
     for key, value in obj.items():
@@ -115,7 +120,7 @@ def bind(obj: Mapping[str, Any], fields: tuple[Field, ...]) -> dict[str, Any]:
     return out
 
 
-def query_values(query: Mapping[str, str], fields: tuple[Field, ...]) -> dict[str, Any]:
+def query_values(query: Mapping[str, str], fields: Fields) -> dict[str, Any]:
     """The same fields from a query string (``?chat=a:b&cursor=0&limit=20&reverse=true``)."""
     out: dict[str, Any] = {}
     for key, raw in query.items():

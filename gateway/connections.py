@@ -24,9 +24,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
+from email.utils import formatdate
 from typing import TYPE_CHECKING
 
-import orjson
+from gateway.responses import error_response, render
 
 if TYPE_CHECKING:  # gateway.http imports this module
     from gateway.http import HttpConnection
@@ -40,14 +41,6 @@ REFUSED_LINGER = 1.0
 REFUSED_LOG_INTERVAL = 10.0
 
 
-def _refusal(limit: int) -> bytes:
-    body = orjson.dumps({"status": "error", "code": 503,
-                         "message": f"too many connections (limit {limit}); retry later"})
-    head = ("HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n")
-    return head.encode() + body
-
-
 class ConnectionLimiter:
     """Counts the open connections, admits or refuses new ones, and sweeps them for the two clocks."""
 
@@ -55,7 +48,6 @@ class ConnectionLimiter:
         self.max_connections = max_connections
         self.header_timeout = header_timeout
         self.keepalive_timeout = keepalive_timeout
-        self._refusal = _refusal(max_connections)
         self.connections: set[HttpConnection] = set()
         self._sweeper: asyncio.TimerHandle | None = None
         self.refused = 0  # since start
@@ -87,7 +79,9 @@ class ConnectionLimiter:
 
     def refuse(self, transport: asyncio.Transport) -> None:
         """Answer 503 and close, leaving the client a moment to read it."""
-        transport.write(self._refusal)
+        message = f"too many connections (limit {self.max_connections}); retry later"
+        refusal = error_response(503, message, (("Retry-After", "1"),), close=True)
+        transport.write(render(refusal, formatdate(usegmt=True), close=True))
         if transport.can_write_eof():
             transport.write_eof()
         asyncio.get_running_loop().call_later(min(REFUSED_LINGER, self.header_timeout), transport.close)

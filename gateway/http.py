@@ -30,8 +30,6 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from email.utils import formatdate
-from http import HTTPStatus
 from typing import Any, cast
 
 from aiohttp.http import HttpProcessingError, HttpRequestParser, RawRequestMessage
@@ -40,13 +38,12 @@ from multidict import CIMultiDictProxy, MultiDictProxy
 
 from gateway import errors
 from gateway.connections import ConnectionLimiter
-from gateway.responses import Response, error_response
+from gateway.responses import DateHeader, Response, error_response, render
 
 log = logging.getLogger("gateway.http")
 
 READ_BUFSIZE = 2**16  # the parser's buffer for a body; beyond twice this, reading pauses
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_REASONS = {s.value: s.phrase for s in HTTPStatus}
 
 
 class BodyError(Exception):
@@ -105,36 +102,6 @@ async def _read_slowly(payload: StreamReader, limit: int, timeout: float) -> byt
 
 
 App = Callable[[Request], Awaitable[Response]]
-
-
-class DateHeader:
-    """``Date: ...`` (RFC 9110 asks an origin server for it), formatted once a second."""
-
-    def __init__(self) -> None:
-        self._second = -1
-        self._value = ""
-
-    def __call__(self) -> str:
-        second = int(time.time())
-        if second != self._second:
-            self._second = second
-            self._value = formatdate(second, usegmt=True)
-        return self._value
-
-
-def render(response: Response, date: str, *, head_only: bool = False, close: bool = False,
-           keep_alive_10: bool = False) -> bytes:
-    """A response's bytes: status line, headers and (unless HEAD) the body."""
-    body = response.body
-    extra = "".join(f"{k}: {v}\r\n" for k, v in response.headers) if response.headers else ""
-    if close:
-        extra += "Connection: close\r\n"
-    elif keep_alive_10:  # HTTP/1.0 closes unless told otherwise
-        extra += "Connection: keep-alive\r\n"
-    head = (f"HTTP/1.1 {response.status} {_REASONS.get(response.status, 'Unknown')}\r\n"
-            f"Content-Type: {response.content_type}\r\nContent-Length: {len(body)}\r\n"
-            f"Date: {date}\r\n{extra}\r\n").encode("latin-1")
-    return head if head_only else head + body
 
 
 class HttpConnection(asyncio.Protocol):

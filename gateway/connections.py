@@ -53,10 +53,6 @@ class ConnectionLimiter:
         self.refused = 0  # since start
         self._refused_logged = (0, float("-inf"))  # (count, loop time) at the last warning
 
-    @property
-    def open_connections(self) -> int:
-        return len(self.connections)
-
     def admit(self) -> bool:
         """Room for a new connection (made by closing the longest-idle one if need be)?"""
         if len(self.connections) < self.max_connections:

@@ -313,11 +313,6 @@ class HttpServer:
         self._server = await self.loop.create_server(lambda: HttpConnection(self), host, port,
                                                      backlog=backlog, reuse_port=reuse_port or None)
 
-    @property
-    def port(self) -> int:
-        assert self._server is not None
-        return int(self._server.sockets[0].getsockname()[1])
-
     async def close(self, drain_timeout: float) -> None:
         """Stop accepting; answer the requests in flight within ``drain_timeout``; close the rest."""
         self.stopping = True

@@ -8,6 +8,8 @@ from __future__ import annotations
 import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from thriftpy2.thrift import TApplicationException
 
 from chatsvc.settings import WireLimits
@@ -23,7 +25,7 @@ from chatsvc.wire.framing import (
     parse_info,
     wrap,
 )
-from chatsvc.wire.scan import Incomplete, MessageHead, ProtocolError, message_end, read_head
+from chatsvc.wire.scan import Incomplete, MessageHead, ProtocolError, message_end, read_head, scan_message
 
 LIMITS = WireLimits()
 
@@ -359,6 +361,132 @@ def test_nesting_deeper_than_max_depth_before_the_bytes_arrive():
     deep_lists = HEAD + b"\x0f\x00\x01" + (b"\x0f" + struct.pack(">i", 1)) * 100
     with pytest.raises(ProtocolError, match="nesting"):
         FrameReader(LIMITS).feed(deep_lists)
+
+
+def test_nesting_through_a_list_of_structs_counts_every_level():
+    # args struct (depth 0) > list field (1) > its struct elements (2) > a struct field in one (3)
+    lst = bytes.fromhex("0f0001") + b"\x0c" + struct.pack(">i", 2)
+    flat = HEAD + lst + b"\x00" + b"\x00" + b"\x00"  # two empty elements, then the args STOP
+    inner = HEAD + lst + b"\x00" + bytes.fromhex("0c0001") + b"\x00\x00" + b"\x00"  # the second holds a struct
+    assert message_end(flat, 0, len(flat), WireLimits(max_depth=3)) == len(flat)
+    with pytest.raises(ProtocolError, match="nesting"):
+        message_end(flat, 0, len(flat), WireLimits(max_depth=2))
+    with pytest.raises(ProtocolError, match="nesting"):  # before the elements' bytes arrive
+        message_end(flat, 0, len(HEAD + lst), WireLimits(max_depth=2))
+    assert message_end(inner, 0, len(inner), WireLimits(max_depth=4)) == len(inner)
+    with pytest.raises(ProtocolError, match="nesting"):
+        message_end(inner, 0, len(inner), WireLimits(max_depth=3))
+    # An empty list of structs has no element to be too deep.
+    empty = HEAD + bytes.fromhex("0f0001") + b"\x0c" + struct.pack(">i", 0) + b"\x00"
+    assert message_end(empty, 0, len(empty), WireLimits(max_depth=2)) == len(empty)
+
+
+def pull_reply(messages: list) -> bytes:
+    response = idl.PullResponse(Code=0, Msg="success", Messages=messages, HasMore=False)
+    return codec.encode("Pull", codec.REPLY, 1, idl.IMService.Pull_result(success=response))
+
+
+def test_limits_apply_inside_every_element_of_a_list_of_structs():
+    messages = [idl.Message(Chat="a:b", Text="x" * 10, Sender="a", SendTime=i) for i in range(5)]
+    messages[3].Text = "y" * 11
+    data = pull_reply(messages)
+    assert message_end(data, 0, len(data), WireLimits(max_string_bytes=11)) == len(data)
+    with pytest.raises(ProtocolError, match="string length 11"):
+        message_end(data, 0, len(data), WireLimits(max_string_bytes=10))
+    assert message_end(data, 0, len(data), WireLimits(max_container_items=5)) == len(data)
+    with pytest.raises(ProtocolError, match="container size 5"):
+        message_end(data, 0, len(data), WireLimits(max_container_items=4))
+
+
+@pytest.mark.parametrize("ftype", [0x01, 0x05, 0x07, 0x09, 0x10, 0xFF])
+def test_unknown_field_type(ftype):
+    msg = HEAD + bytes([ftype]) + b"\x00\x01" + b"\x00" * 8
+    with pytest.raises(ProtocolError, match="unknown field type"):
+        message_end(msg, 0, len(msg), LIMITS)
+    nested_msg = HEAD + bytes.fromhex("0c0001") + msg[len(HEAD):]  # in a nested struct too
+    with pytest.raises(ProtocolError, match="unknown field type"):
+        message_end(nested_msg, 0, len(nested_msg), LIMITS)
+
+
+@pytest.mark.parametrize("container", ["0f000105", "0e000100", "0f000110", "0d00010b10", "0d00010008"])
+def test_unknown_element_type_even_in_an_empty_container(container):
+    msg = HEAD + bytes.fromhex(container) + struct.pack(">i", 0) + b"\x00"
+    with pytest.raises(ProtocolError, match="unknown element type"):
+        message_end(msg, 0, len(msg), LIMITS)
+
+
+def test_list_of_fixed_size_elements_needs_all_its_bytes():
+    msg = HEAD + bytes.fromhex("0f00010a") + struct.pack(">i", 3) + b"\x00" * 24 + b"\x00"
+    assert message_end(msg, 0, len(msg), LIMITS) == len(msg)
+    with pytest.raises(Incomplete) as info:
+        message_end(msg, 0, len(msg) - 2, LIMITS)
+    assert info.value.need == len(msg) - 1  # the whole list, before the STOP byte
+
+
+# --- property tests: every valid message scans whole, and every truncation is Incomplete ----------
+
+texts = st.text(max_size=30) | st.sampled_from(["", "é", "✓ émoji 🙂", "x" * 100])
+messages = st.builds(idl.Message, Chat=st.none() | texts, Text=st.none() | texts, Sender=st.none() | texts,
+                     SendTime=st.none() | st.integers(-(2**63), 2**63 - 1))
+
+
+def assert_scans_whole_and_truncations_are_incomplete(data: bytes, trailing: bytes) -> None:
+    buf = data + trailing  # bytes past ``end`` must never be read
+    assert message_end(buf, 0, len(buf), LIMITS) == len(data)
+    assert message_end(bytearray(data), 0, len(data), LIMITS) == len(data)
+    assert message_end(memoryview(data), 0, len(data), LIMITS) == len(data)
+    needs = []
+    for cut in range(len(data)):
+        with pytest.raises(Incomplete) as info:
+            message_end(buf, 0, cut, LIMITS)
+        needs.append(info.value.need)
+        assert cut < info.value.need <= len(data), cut
+    for need in needs:  # exact: one byte short of ``need``, the scan stops at the same place
+        assert needs[need - 1] == need
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(msgs=st.lists(messages, max_size=20), seqid=st.integers(-(2**31), 2**31 - 1),
+       trailing=st.binary(max_size=8))
+def test_random_pull_replies_and_send_calls(msgs, seqid, trailing):
+    reply = pull_reply(msgs)
+    assert scan_message(reply, 0, len(reply), LIMITS)[0] == MessageHead("Pull", codec.REPLY, 1)
+    assert_scans_whole_and_truncations_are_incomplete(reply, trailing)
+    send = idl.IMService.Send_args(req=idl.SendRequest(message=msgs[0] if msgs else idl.Message()))
+    call = codec.encode("Send", codec.CALL, seqid, send)
+    assert scan_message(call + trailing, 0, len(call), LIMITS) == (MessageHead("Send", codec.CALL, seqid), len(call))
+    assert_scans_whole_and_truncations_are_incomplete(call, trailing)
+
+
+FIXED_SIZES = {2: 1, 3: 1, 4: 8, 6: 2, 8: 4, 10: 8}
+WIRE_TYPES = [*FIXED_SIZES, 11, 12, 13, 14, 15]
+
+
+@st.composite
+def thrift_value(draw: st.DrawFn, ttype: int, depth: int = 0) -> bytes:
+    """Any value of wire type ``ttype``, encoded by hand: maps, sets and nested containers too."""
+    if ttype in FIXED_SIZES:
+        return draw(st.binary(min_size=FIXED_SIZES[ttype], max_size=FIXED_SIZES[ttype]))
+    if ttype == 11:
+        data = draw(st.binary(max_size=20))
+        return struct.pack(">i", len(data)) + data
+    inner = st.sampled_from(WIRE_TYPES if depth < 4 else [8, 11])
+    if ttype == 12:
+        out = b""
+        for ftype in draw(st.lists(inner, max_size=4)):
+            out += struct.pack(">bh", ftype, draw(st.integers(-(2**15), 2**15 - 1)))
+            out += draw(thrift_value(ftype, depth + 1))
+        return out + b"\x00"
+    types = [draw(inner) for _ in range(2 if ttype == 13 else 1)]
+    n = draw(st.integers(0, 3))
+    items = b"".join(draw(thrift_value(t, depth + 1)) for _ in range(n) for t in types)
+    return bytes(types) + struct.pack(">i", n) + items
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(body=thrift_value(12), trailing=st.binary(max_size=8))
+def test_random_messages_of_every_wire_type(body, trailing):
+    assert_scans_whole_and_truncations_are_incomplete(HEAD + body, trailing)
 
 
 def test_frame_length_over_max_frame_bytes_before_the_bytes_arrive():

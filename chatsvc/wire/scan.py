@@ -25,6 +25,7 @@ MAX_NAME_BYTES = 1024
 _FIXED = {2: 1, 3: 1, 4: 8, 6: 2, 8: 4, 10: 8}
 _STRING, _STRUCT, _MAP, _SET, _LIST = 11, 12, 13, 14, 15
 _VALID = set(_FIXED) | {_STRING, _STRUCT, _MAP, _SET, _LIST}
+_SIZES = tuple(_FIXED.get(t, 0) for t in range(256))  # by wire type byte; 0: not fixed
 
 
 class ProtocolError(Exception):
@@ -45,6 +46,9 @@ class MessageHead(NamedTuple):  # a tuple: built once per message, and cheaper t
     seqid: int
 
 
+_new_tuple = tuple.__new__
+
+
 def read_head(buf: bytes | bytearray | memoryview, pos: int, end: int) -> tuple[MessageHead, int]:
     """Read the strict-binary message header at ``pos``; return it and where the body starts."""
     if pos + 8 > end:  # a short read: check the version word if it is there, then wait for more
@@ -52,7 +56,8 @@ def read_head(buf: bytes | bytearray | memoryview, pos: int, end: int) -> tuple[
             _check_version(_U32.unpack_from(buf, pos)[0])
         raise Incomplete(pos + 4 if pos + 4 > end else pos + 8)
     word, n = _HEAD.unpack_from(buf, pos)  # both words at once: the usual case
-    _check_version(word)
+    if word & VERSION_MASK != VERSION_1:
+        _check_version(word)
     if not 0 <= n <= MAX_NAME_BYTES:
         raise ProtocolError(f"bad method name length {n}")
     body = pos + 8 + n + 4
@@ -63,7 +68,7 @@ def read_head(buf: bytes | bytearray | memoryview, pos: int, end: int) -> tuple[
     except UnicodeDecodeError:
         raise ProtocolError("method name is not valid UTF-8") from None
     seqid = _I32.unpack_from(buf, pos + 8 + n)[0]
-    return MessageHead(name, word & 0xFF, seqid), body
+    return _new_tuple(MessageHead, (name, word & 0xFF, seqid)), body  # skips NamedTuple's Python __new__
 
 
 def _check_version(word: int) -> None:
@@ -80,7 +85,7 @@ def scan_message(buf: bytes | bytearray | memoryview, pos: int, end: int,
         ProtocolError: not strict binary, an unknown type, or a size over ``limits``.
     """
     head, body = read_head(buf, pos, end)
-    return head, _skip(buf, body, end, _STRUCT, 0, limits)
+    return head, _skip_structs(buf, body, end, 1, 0, limits)
 
 
 def message_end(buf: bytes | bytearray | memoryview, pos: int, end: int, limits: WireLimits) -> int:
@@ -88,8 +93,49 @@ def message_end(buf: bytes | bytearray | memoryview, pos: int, end: int, limits:
     return scan_message(buf, pos, end, limits)[1]
 
 
+def _skip_structs(buf: bytes | bytearray | memoryview, pos: int, end: int, count: int, depth: int,
+                  lim: WireLimits) -> int:
+    """Skip ``count`` (at least 1) consecutive structs at nesting ``depth``.
+
+    Strings and scalars are skipped inline, and a list of structs is one call, not one per element:
+    a call per field or element would cost more than all the rest of the scan.
+    """
+    if depth >= lim.max_depth:
+        raise ProtocolError(f"nesting deeper than {lim.max_depth}")
+    max_string = lim.max_string_bytes
+    while True:
+        if pos >= end:
+            raise Incomplete(pos + 1)
+        ftype = buf[pos]
+        if ftype == 11:  # STRING
+            if pos + 7 > end:  # the 3-byte field header and the 4-byte length
+                raise Incomplete(pos + 7)
+            n = _I32.unpack_from(buf, pos + 3)[0]
+            if n < 0 or n > max_string:
+                raise ProtocolError(f"string length {n} out of bounds")
+            pos += 7 + n
+            if pos > end:
+                raise Incomplete(pos)
+        elif ftype == 0:
+            pos += 1
+            count -= 1
+            if not count:
+                return pos
+        elif size := _SIZES[ftype]:
+            pos += 3 + size
+            if pos > end:
+                raise Incomplete(pos)
+        elif ftype == 12:  # STRUCT
+            pos = _skip_structs(buf, pos + 3, end, 1, depth + 1, lim)
+        elif ftype in _VALID:
+            pos = _skip(buf, pos + 3, end, ftype, depth + 1, lim)
+        else:
+            raise ProtocolError(f"unknown field type {ftype}")
+
+
 def _skip(buf: bytes | bytearray | memoryview, pos: int, end: int, ttype: int, depth: int,
           lim: WireLimits) -> int:
+    """Skip one value of type ``ttype`` at nesting ``depth``."""
     fixed = _FIXED.get(ttype)
     if fixed is not None:
         pos += fixed
@@ -97,66 +143,44 @@ def _skip(buf: bytes | bytearray | memoryview, pos: int, end: int, ttype: int, d
             raise Incomplete(pos)
         return pos
     if ttype == _STRING:
-        return _skip_string(buf, pos, end, lim)
+        if pos + 4 > end:
+            raise Incomplete(pos + 4)
+        n = _I32.unpack_from(buf, pos)[0]
+        if n < 0 or n > lim.max_string_bytes:
+            raise ProtocolError(f"string length {n} out of bounds")
+        pos += 4 + n
+        if pos > end:
+            raise Incomplete(pos)
+        return pos
+    if ttype == _STRUCT:
+        return _skip_structs(buf, pos, end, 1, depth, lim)
     if depth >= lim.max_depth:
         raise ProtocolError(f"nesting deeper than {lim.max_depth}")
-    if ttype == _STRUCT:
-        # Scalars are skipped inline and strings by a small function: most fields are one of them,
-        # and the general recursive call per field would dominate the scan.
-        while True:
-            if pos >= end:
-                raise Incomplete(pos + 1)
-            ftype = buf[pos]
-            if ftype == 0:
-                return pos + 1
-            pos += 3
-            fixed = _FIXED.get(ftype)
-            if fixed is not None:
-                pos += fixed
-                if pos > end:
-                    raise Incomplete(pos)
-            elif ftype == _STRING:
-                pos = _skip_string(buf, pos, end, lim)
-            elif ftype in _VALID:
-                pos = _skip(buf, pos, end, ftype, depth + 1, lim)
-            else:
-                raise ProtocolError(f"unknown field type {ftype}")
-    if ttype in (_LIST, _SET):
+    if ttype == _LIST or ttype == _SET:
         if pos + 5 > end:
             raise Incomplete(pos + 5)
         etype = buf[pos]
         n = _I32.unpack_from(buf, pos + 1)[0]
-        return _skip_items(buf, pos + 5, end, (etype,), n, depth, lim)
-    if ttype == _MAP:
+        pos += 5
+        types: tuple[int, ...] = (etype,)
+    elif ttype == _MAP:
         if pos + 6 > end:
             raise Incomplete(pos + 6)
-        ktype, vtype = buf[pos], buf[pos + 1]
+        types = (buf[pos], buf[pos + 1])
         n = _I32.unpack_from(buf, pos + 2)[0]
-        return _skip_items(buf, pos + 6, end, (ktype, vtype), n, depth, lim)
-    raise ProtocolError(f"unknown type {ttype}")
-
-
-def _skip_string(buf: bytes | bytearray | memoryview, pos: int, end: int, lim: WireLimits) -> int:
-    if pos + 4 > end:
-        raise Incomplete(pos + 4)
-    n = _I32.unpack_from(buf, pos)[0]
-    if n < 0 or n > lim.max_string_bytes:
-        raise ProtocolError(f"string length {n} out of bounds")
-    pos += 4 + n
-    if pos > end:
-        raise Incomplete(pos)
-    return pos
-
-
-def _skip_items(buf: bytes | bytearray | memoryview, pos: int, end: int, types: tuple[int, ...],
-                n: int, depth: int, lim: WireLimits) -> int:
+        pos += 6
+    else:
+        raise ProtocolError(f"unknown type {ttype}")
     if n < 0 or n > lim.max_container_items:
         raise ProtocolError(f"container size {n} out of bounds")
     if any(t not in _VALID for t in types):
         raise ProtocolError(f"unknown element type {types}")
-    sizes = [_FIXED.get(t) for t in types]
-    if n and all(s is not None for s in sizes):
-        pos += n * sum(s for s in sizes if s is not None)
+    if not n:  # nothing to walk, and no element to be too deep
+        return pos
+    if types == (_STRUCT,):
+        return _skip_structs(buf, pos, end, n, depth + 1, lim)
+    if all(_SIZES[t] for t in types):  # every element the same fixed size: no walk
+        pos += n * sum(_SIZES[t] for t in types)
         if pos > end:
             raise Incomplete(pos)
         return pos

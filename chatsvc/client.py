@@ -18,10 +18,8 @@ Errors::
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
-from collections import deque
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -114,12 +112,12 @@ class _Connection(CoalescingWriter, asyncio.Protocol):
     def send(self, method: str, args: Any, result_cls: Any, deadline: float) -> tuple[int, asyncio.Future[Any]]:
         """Send one call; its future fails with TimeoutError once ``deadline`` (loop time) passes."""
         seqid = _next_seqid()
-        payload = self._client.codec.encode(method, codec.CALL, seqid, args)  # may raise: nothing is held yet
-        info = self._client.header_info(method)
-        self.write_soon(framing.wrap(self._client.settings.transport, payload, seqid, info))
         fut: asyncio.Future[Any] = self._client.loop.create_future()
         self._pending[seqid] = (method, result_cls, fut, deadline)
         self._client.watch_deadlines()
+        payload = self._client.codec.encode(method, codec.CALL, seqid, args)
+        info = self._client.header_info(method)
+        self.write_soon(framing.wrap(self._client.settings.transport, payload, seqid, info))
         return seqid, fut
 
     def abandon(self, seqid: int) -> None:
@@ -198,103 +196,8 @@ class _Connection(CoalescingWriter, asyncio.Protocol):
         self._fail(RPCConnectError("client closed"))
 
 
-def send_args(chat: str, text: str, sender: str) -> Any:
-    """The arguments of IMService.Send."""
-    return IMService.Send_args(req=SendRequest(message=Message(Chat=chat, Text=text, Sender=sender, SendTime=0)))
-
-
-def pull_args(chat: str, cursor: int = 0, limit: int = 10, reverse: bool = False) -> Any:
-    """The arguments of IMService.Pull."""
-    return IMService.Pull_args(req=PullRequest(Chat=chat, Cursor=cursor, Limit=limit, Reverse=reverse))
-
-
-class _Slots:
-    """A bound on the calls in progress, taken without awaiting when one is free (the fast path
-    of ``ChatClient.start``); waiters are served first come, first served."""
-
-    def __init__(self, size: int) -> None:
-        self.free = size
-        self._waiters: deque[asyncio.Future[None]] = deque()
-
-    def try_take(self) -> bool:
-        if self.free > 0 and not self._waiters:
-            self.free -= 1
-            return True
-        return False
-
-    async def take(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
-        """Take a slot, waiting until ``deadline`` (loop time) at most: TimeoutError after it."""
-        if self.try_take():
-            return
-        waiter = loop.create_future()
-        self._waiters.append(waiter)
-        try:
-            async with asyncio.timeout_at(deadline):
-                await waiter
-        except BaseException:
-            if waiter.done() and not waiter.cancelled():
-                self.give()  # handed a slot just as the wait ended: pass it on
-            else:
-                with contextlib.suppress(ValueError):  # give() may have dropped it already
-                    self._waiters.remove(waiter)
-            raise
-
-    def give(self) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)  # the slot passes straight to the next waiter
-                return
-        self.free += 1
-
-
-class PendingCall:
-    """A call sent on a connection, holding one of the client's slots (given back if sending
-    fails). ``outcome()``, once ``future`` is done, returns the reply's ``success`` or raises the
-    RPCError; it also frees the slot, and must be called once."""
-
-    __slots__ = ("_client", "_conn", "_method", "_seqid", "_counted", "future")
-
-    def __init__(self, client: ChatClient, conn: _Connection, method: str, args: Any, deadline: float,
-                 counted: bool = False) -> None:
-        self._client, self._conn, self._method = client, conn, method
-        try:
-            self._seqid, self.future = conn.send(method, args, getattr(IMService, method + "_result"), deadline)
-        except BaseException:
-            client.slots.give()
-            raise
-        self._counted = counted  # in ``client.outstanding`` (``call`` counts its own calls)
-        if counted:
-            client.outstanding += 1
-
-    def outcome(self) -> Any:
-        client = self._client
-        if self._counted:
-            client.outstanding -= 1
-        client.slots.give()
-        fut = self.future
-        if fut.cancelled():
-            self._conn.abandon(self._seqid)
-            raise RPCConnectError(f"{self._method}: call cancelled")
-        exc = fut.exception()
-        if exc is not None:
-            if isinstance(exc, TimeoutError):
-                self._conn.abandon(self._seqid)
-                raise RPCTimeout(f"{self._method}: no reply within {client.settings.call_timeout}s")
-            raise exc
-        result = fut.result()
-        if result.success is None:
-            raise RPCProtocolError(f"{self._method}: reply has no result")
-        return result.success
-
-
 class IMServiceClient:
     """IMService's two methods over ``call``, for every kind of client."""
-
-    def start(self, method: str, args: Any) -> PendingCall | None:
-        """Send ``method`` at once if that needs no waiting (a free slot on an open connection);
-        else None, and the caller uses ``call``. Not retried: the caller decides."""
-        return None
 
     async def call(self, method: str, args: Any, *, idempotent: bool = False, retry: bool = True) -> Any:
         raise NotImplementedError
@@ -310,11 +213,13 @@ class IMServiceClient:
 
     async def send(self, chat: str, text: str, sender: str) -> Any:
         """IMService.Send; returns the SendResponse (check ``Code``). Never retried once sent."""
-        return await self.call("Send", send_args(chat, text, sender))
+        req = SendRequest(message=Message(Chat=chat, Text=text, Sender=sender, SendTime=0))
+        return await self.call("Send", IMService.Send_args(req=req))
 
     async def pull(self, chat: str, cursor: int = 0, limit: int = 10, reverse: bool = False) -> Any:
         """IMService.Pull; returns the PullResponse. Retried once on a fresh connection."""
-        return await self.call("Pull", pull_args(chat, cursor, limit, reverse), idempotent=True)
+        req = PullRequest(Chat=chat, Cursor=cursor, Limit=limit, Reverse=reverse)
+        return await self.call("Pull", IMService.Pull_args(req=req), idempotent=True)
 
 
 class ChatClient(IMServiceClient):
@@ -334,7 +239,7 @@ class ChatClient(IMServiceClient):
         self._conns: list[_Connection] = []
         self._opening = 0
         self._dialled = asyncio.Condition()  # notified whenever a dial ends
-        self.slots = _Slots(self.settings.pool_size * self.settings.pipeline)
+        self._slots = asyncio.Semaphore(self.settings.pool_size * self.settings.pipeline)
         self._infos: dict[str, bytes] = {}
         self._closed = False
         self.outstanding = 0  # calls in progress, for load balancing
@@ -386,43 +291,40 @@ class ChatClient(IMServiceClient):
         finally:
             self.outstanding -= 1
 
-    def start(self, method: str, args: Any) -> PendingCall | None:
-        if self._closed or not self.slots.try_take():
-            return None
-        conn = self._idle_connection()
-        if conn is None:
-            self.slots.give()
-            return None
-        return PendingCall(self, conn, method, args, self.loop.time() + self.settings.call_timeout, counted=True)
-
     async def _call_once(self, method: str, args: Any) -> Any:
-        deadline = self.loop.time() + self.settings.call_timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.call_timeout
         try:
-            await self.slots.take(self.loop, deadline)
+            if self._slots.locked():  # every slot busy: wait, within the call's time
+                async with asyncio.timeout_at(deadline):
+                    await self._slots.acquire()
+            else:
+                await self._slots.acquire()
         except TimeoutError:
             raise RPCTimeout(f"{method}: no free connection within {self.settings.call_timeout}s") from None
-        conn = self._idle_connection()
-        if conn is None:
-            try:
-                async with asyncio.timeout_at(deadline):
-                    conn = await self._connection()
-            except TimeoutError:
-                self.slots.give()
-                raise RPCTimeout(f"{method}: no connection within {self.settings.call_timeout}s") from None
-            except BaseException:
-                self.slots.give()
-                raise
-        call = PendingCall(self, conn, method, args, deadline)
         try:
-            await call.future
-        except asyncio.CancelledError:
-            call.future.cancel()
-            with contextlib.suppress(RPCError):
-                call.outcome()  # frees the slot
-            raise
-        except Exception:  # noqa: S110 - the call's error, raised by outcome()
-            pass
-        return call.outcome()
+            conn = self._idle_connection()
+            if conn is None:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        conn = await self._connection()
+                except TimeoutError:
+                    raise RPCTimeout(f"{method}: no connection within {self.settings.call_timeout}s") from None
+            return await self._exchange(conn, method, args, deadline)
+        finally:
+            self._slots.release()
+
+    async def _exchange(self, conn: _Connection, method: str, args: Any, deadline: float) -> Any:
+        """Send one call on ``conn`` and wait for its reply until ``deadline``."""
+        seqid, fut = conn.send(method, args, getattr(IMService, method + "_result"), deadline)
+        try:
+            result = await fut
+        except TimeoutError:
+            conn.abandon(seqid)
+            raise RPCTimeout(f"{method}: no reply within {self.settings.call_timeout}s") from None
+        if result.success is None:
+            raise RPCProtocolError(f"{method}: reply has no result")
+        return result.success
 
     def _idle_connection(self) -> _Connection | None:
         """Fast path: the first live connection with room for another call.

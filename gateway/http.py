@@ -30,7 +30,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any, NamedTuple, cast
+from typing import Any, cast
 
 from aiohttp.http import HttpProcessingError, HttpRequestParser, RawRequestMessage
 from aiohttp.streams import StreamReader
@@ -67,27 +67,21 @@ class Request:
     def query(self) -> MultiDictProxy[str]:
         return self._msg.url.query
 
-    def ready_body(self, limit: int) -> bytes | None:
-        """The whole body if it has all arrived (the usual case: it came with the headers), else
-        None (``read`` waits for it); 413 beyond ``limit`` bytes."""
+    async def read(self, limit: int, timeout: float) -> bytes:
+        """The whole body: 413 beyond ``limit`` bytes, 408 if it takes longer than ``timeout``."""
         length = self.headers.get("Content-Length")
         if length is not None and int(length) > limit:  # the parser has checked it is a number
             raise errors.PayloadTooLarge(limit)
-        if not self._payload.is_eof():
-            return None
-        body = self._payload.read_nowait(-1)
+        payload = self._payload
+        if payload.is_eof():  # the usual case: the body came with the headers
+            body = payload.read_nowait(-1)
+        else:
+            if self.headers.get("Expect", "").lower() == "100-continue":
+                self._conn.write(CONTINUE)
+            body = await _read_slowly(payload, limit, timeout)
         if len(body) > limit:
             raise errors.PayloadTooLarge(limit)
         return body
-
-    async def read(self, limit: int, timeout: float) -> bytes:
-        """The whole body: 413 beyond ``limit`` bytes, 408 if it takes longer than ``timeout``."""
-        body = self.ready_body(limit)
-        if body is not None:
-            return body
-        if self.headers.get("Expect", "").lower() == "100-continue":
-            self._conn.write(CONTINUE)
-        return await _read_slowly(self._payload, limit, timeout)
 
 
 async def _read_slowly(payload: StreamReader, limit: int, timeout: float) -> bytes:
@@ -107,17 +101,7 @@ async def _read_slowly(payload: StreamReader, limit: int, timeout: float) -> byt
     return b"".join(chunks)
 
 
-class Deferred(NamedTuple):
-    """An answer that waits on ``future`` (a chatsvc call): then ``finish()`` gives it."""
-
-    future: asyncio.Future[Any]
-    finish: Callable[[], Outcome]
-
-
-# What the app gives for a request: the response at once, a Deferred, or a coroutine to run as a
-# Task. The first two cost no Task; a Task is for what has to wait on more than one thing.
-Outcome = Response | Deferred | Awaitable[Response]
-App = Callable[[Request], Outcome]
+App = Callable[[Request], Awaitable[Response]]
 
 
 class HttpConnection(asyncio.Protocol):
@@ -130,8 +114,7 @@ class HttpConnection(asyncio.Protocol):
         self._parser: HttpRequestParser | None = None
         self._queue: deque[tuple[RawRequestMessage, StreamReader]] = deque()
         self._body: StreamReader | None = None  # the last request's body, while it is arriving
-        self._task: asyncio.Future[Any] | None = None  # what the request being answered waits on
-        self._final: bytes | None = None  # a 400 to send, then close, once the answers due are out
+        self._task: asyncio.Task[None] | None = None  # the request being answered
         self._paused = False  # reading paused (queue full, a body's buffer full, or writing paused)
         self._write_paused = False  # the transport's buffer is full: the client is not reading
         self._eof = False  # the client has half-closed: answer what was read, then close
@@ -212,7 +195,7 @@ class HttpConnection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._write_paused = False
         self.resume_reading()
-        if self._task is None and self._transport is not None:
+        if self._task is None and self._queue and self._transport is not None:
             self._next()
 
     # -- answering --------------------------------------------------------------------------------
@@ -222,56 +205,22 @@ class HttpConnection(asyncio.Protocol):
             self._transport.write(data)
 
     def _next(self) -> None:
-        """Answer queued requests in order until one has to wait (or writing is paused)."""
+        msg, payload = self._queue.popleft()
+        if self._paused:
+            self.resume_reading()
+        self.idle_since = None
+        self._task = self._loop.create_task(self._answer(msg, payload))
+
+    async def _answer(self, msg: RawRequestMessage, payload: StreamReader) -> None:
         server = self._server
-        while self._queue and self._task is None and not self._write_paused:
-            msg, payload = self._queue.popleft()
-            if self._paused:
-                self.resume_reading()
-            self.idle_since = None
-            started = time.perf_counter() if server.access_log is not None else 0.0
-            try:
-                outcome = server.app(Request(msg, payload, self))
-            except Exception:
-                log.exception("unhandled error on %s %s", msg.method, msg.path)
-                outcome = error_response(500, "internal error")
-            self._settle(msg, payload, started, outcome)
-        if self._task is None and not self._queue and self._final is not None:
-            self._write_final()
-
-    def _settle(self, msg: RawRequestMessage, payload: StreamReader, started: float, outcome: Outcome) -> None:
-        if isinstance(outcome, Response):
-            self._respond(msg, payload, started, outcome)
-        elif isinstance(outcome, Deferred):
-            self._task = outcome.future
-            outcome.future.add_done_callback(lambda _: self._deferred_done(msg, payload, started, outcome.finish))
-        else:
-            self._task = self._loop.create_task(self._await(msg, payload, started, outcome))
-
-    def _deferred_done(self, msg: RawRequestMessage, payload: StreamReader, started: float,
-                       finish: Callable[[], Outcome]) -> None:
-        self._task = None
+        started = time.perf_counter() if server.access_log is not None else 0.0
+        request = Request(msg, payload, self)
         try:
-            outcome = finish()  # always called: it also frees what the call held
-        except Exception:
-            log.exception("unhandled error on %s %s", msg.method, msg.path)
-            outcome = error_response(500, "internal error")
-        self._settle(msg, payload, started, outcome)
-        self._next()
-
-    async def _await(self, msg: RawRequestMessage, payload: StreamReader, started: float,
-                     outcome: Awaitable[Response]) -> None:
-        try:
-            response = await outcome
+            response = await server.app(request)
         except Exception:
             log.exception("unhandled error on %s %s", msg.method, msg.path)
             response = error_response(500, "internal error")
         self._task = None
-        self._respond(msg, payload, started, response)
-        self._next()
-
-    def _respond(self, msg: RawRequestMessage, payload: StreamReader, started: float, response: Response) -> None:
-        server = self._server
         # Unread body bytes would have to be read past; closing is simpler and rare. A client
         # that has half-closed gets the answers to every request it sent, then the close.
         close = (response.close or msg.should_close or server.stopping or not payload.is_eof()
@@ -282,9 +231,11 @@ class HttpConnection(asyncio.Protocol):
         if server.access_log is not None:
             self._log_access(msg, response.status, len(data), time.perf_counter() - started)
         if close:
-            self._queue.clear()
             self.close()
-        elif not self._queue:
+        elif self._queue:
+            if not self._write_paused:  # else resume_writing starts the next one
+                self._next()
+        else:
             self.idle_since = self._loop.time()
 
     def _bad_request(self, exc: HttpProcessingError) -> None:
@@ -293,15 +244,16 @@ class HttpConnection(asyncio.Protocol):
         self._queue.clear()
         status = exc.code if 400 <= exc.code < 500 else 400
         message = f"bad request: {exc.message}" if exc.message else "bad request"
-        self._final = render(error_response(status, message), self._server.date(), close=True)
-        if self._task is None:  # else it goes out once the request being answered is
-            self._write_final()
+        data = render(error_response(status, message), self._server.date(), close=True)
+        if self._task is None:
+            self.write(data)
+            self.close()
+        else:  # let the request being answered finish first, then this goes out
+            def after(_: object) -> None:
+                self.write(data)
+                self.close()
 
-    def _write_final(self) -> None:
-        assert self._final is not None
-        self.write(self._final)
-        self._final = None
-        self.close()
+            self._task.add_done_callback(after)
 
     def _log_access(self, msg: RawRequestMessage, status: int, size: int, took: float) -> None:
         if not self._peer and self._transport is not None:
@@ -324,7 +276,7 @@ class HttpConnection(asyncio.Protocol):
         return self._task is not None or bool(self._queue)
 
     @property
-    def task(self) -> asyncio.Future[Any] | None:
+    def task(self) -> asyncio.Task[None] | None:
         return self._task
 
     @property

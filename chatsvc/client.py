@@ -18,6 +18,7 @@ Errors::
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 from dataclasses import dataclass
@@ -112,12 +113,12 @@ class _Connection(CoalescingWriter, asyncio.Protocol):
     def send(self, method: str, args: Any, result_cls: Any, deadline: float) -> tuple[int, asyncio.Future[Any]]:
         """Send one call; its future fails with TimeoutError once ``deadline`` (loop time) passes."""
         seqid = _next_seqid()
+        payload = self._client.codec.encode(method, codec.CALL, seqid, args)  # may raise: nothing is held yet
+        info = self._client.header_info(method)
+        self.write_soon(framing.wrap(self._client.settings.transport, payload, seqid, info))
         fut: asyncio.Future[Any] = self._client.loop.create_future()
         self._pending[seqid] = (method, result_cls, fut, deadline)
         self._client.watch_deadlines()
-        payload = self._client.codec.encode(method, codec.CALL, seqid, args)
-        info = self._client.header_info(method)
-        self.write_soon(framing.wrap(self._client.settings.transport, payload, seqid, info))
         return seqid, fut
 
     def abandon(self, seqid: int) -> None:
@@ -232,9 +233,8 @@ class ChatClient(IMServiceClient):
     def __init__(self, host: str, port: int, *, transport: Transport | str = Transport.FRAMED,
                  settings: ClientSettings | None = None, **overrides: Any) -> None:
         base = settings or ClientSettings()
-        fields = {**base.__dict__, "transport": Transport(transport) if settings is None else base.transport,
-                  **overrides}
-        self.settings = ClientSettings(**fields)
+        chosen = Transport(transport) if settings is None else base.transport
+        self.settings = dataclasses.replace(base, transport=chosen, **overrides)
         self.host, self.port = host, port
         self._conns: list[_Connection] = []
         self._opening = 0

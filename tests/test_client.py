@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 
 import pytest
-from thriftpy2.thrift import TApplicationException
+from thriftpy2.thrift import TApplicationException, TDecodeException
 
 from chatsvc.client import ChatClient, RPCApplicationError, RPCConnectError, RPCProtocolError, RPCTimeout
 from chatsvc.settings import WireLimits
@@ -165,3 +165,14 @@ async def test_pool_never_exceeds_its_size(scripted):
         replies = await asyncio.gather(*[client.send("a:b", str(i), "a") for i in range(100)])
     assert all(r.Code == 0 for r in replies)
     assert script.connections <= 3
+
+
+async def test_a_call_that_cannot_be_encoded_holds_nothing(scripted):
+    script, port = await scripted(ok_reply)
+    async with ChatClient("127.0.0.1", port, pool_size=1) as client:
+        assert (await client.send("a:b", "first", "a")).Code == 0
+        with pytest.raises(TDecodeException):  # thriftpy2's encoder: a string with no UTF-8 form
+            await client.send("a:b", "\ud800", "a")
+        assert [conn.in_flight for conn in client._conns] == [0]  # no call left waiting for a reply
+        assert (await client.send("a:b", "after", "a")).Code == 0
+    assert script.calls == ["Send", "Send"]

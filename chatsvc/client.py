@@ -292,8 +292,7 @@ class ChatClient(IMServiceClient):
             self.outstanding -= 1
 
     async def _call_once(self, method: str, args: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.call_timeout
+        deadline = self.loop.time() + self.settings.call_timeout
         try:
             if self._slots.locked():  # every slot busy: wait, within the call's time
                 async with asyncio.timeout_at(deadline):

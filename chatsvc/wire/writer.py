@@ -19,10 +19,13 @@ class FlushGroup:
 
     def __init__(self) -> None:
         self._pending: list[CoalescingWriter] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def add(self, writer: CoalescingWriter) -> None:
         if not self._pending:
-            asyncio.get_running_loop().call_soon(self._flush)
+            if self._loop is None:  # looked up once: in Python 3.11 each lookup is a getpid() call
+                self._loop = asyncio.get_running_loop()
+            self._loop.call_soon(self._flush)
         self._pending.append(writer)
 
     def _flush(self) -> None:
@@ -33,6 +36,8 @@ class FlushGroup:
 
 class CoalescingWriter:
     def __init__(self, group: FlushGroup | None = None) -> None:
+        """Made in a running event loop (a protocol's constructor): the one its writes go through."""
+        self._loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self._out: list[bytes] = []
         self._flush_scheduled = False
@@ -53,7 +58,7 @@ class CoalescingWriter:
             if self._group is not None:
                 self._group.add(self)
             else:
-                asyncio.get_running_loop().call_soon(self.flush)
+                self._loop.call_soon(self.flush)
 
     def flush(self) -> None:
         self._flush_scheduled = False

@@ -28,12 +28,19 @@ def ok_reply(method: str, seqid: int, *, name: str | None = None, seq: int | Non
 
 
 class ScriptedServer:
-    """Reads framed calls and answers each with ``reply(method, seqid)``; counts connections."""
+    """Reads framed calls and answers each with ``reply(method, seqid)``; counts connections.
+
+    A ``reply`` that raises ConnectionResetError drops the connection mid-call."""
 
     def __init__(self, reply: Reply) -> None:
         self.reply = reply
         self.connections = 0
         self.calls: list[str] = []
+
+    def answer(self, method: str, seqid: int, write: Callable[[bytes], None]) -> None:
+        out = self.reply(method, seqid)
+        if out:
+            write(out)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -43,9 +50,9 @@ class ScriptedServer:
                 for frame in frames.feed(data):
                     head, _ = read_head(frame.payload, 0, len(frame.payload))
                     self.calls.append(head.name)
-                    out = self.reply(head.name, head.seqid)
-                    if out:
-                        writer.write(out)
+                    self.answer(head.name, head.seqid, writer.write)
+        except ConnectionResetError:
+            pass
         finally:
             writer.close()
 

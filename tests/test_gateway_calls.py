@@ -12,15 +12,12 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from chatsvc.client import ChatClient
-from chatsvc.settings import WireLimits
-from chatsvc.wire import framing
-from chatsvc.wire.scan import read_head
 from gateway.app import Gateway
 from gateway.connections import ConnectionLimiter
 from gateway.http import HttpServer
 from gateway.settings import GatewaySettings
 from tests.procs import free_port
-from tests.test_client import ok_reply
+from tests.test_client import ScriptedServer, ok_reply
 
 SEND = b'{"Chat":"a:b","Text":"hi","Sender":"a"}'
 PULL = b'{"Chat":"a:b","Cursor":0,"Limit":5}'
@@ -39,27 +36,16 @@ async def read_answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, obje
     return int(lines[0].split()[1]), json.loads(body)
 
 
-class Upstream:
-    """A Thrift server that hands each call to ``answer(method, seqid, write)``."""
+class Upstream(ScriptedServer):
+    """A scripted server that hands each call to ``handler(method, seqid, write)``, which may
+    answer at once, later, or never."""
 
-    def __init__(self, answer: Callable[[str, int, Callable[[bytes], None]], None]) -> None:
-        self.answer = answer
-        self.calls: list[str] = []
-        self.writers: list[asyncio.StreamWriter] = []
+    def __init__(self, handler: Callable[[str, int, Callable[[bytes], None]], None]) -> None:
+        super().__init__(lambda method, seqid: None)
+        self.handler = handler
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.writers.append(writer)
-        frames = framing.FrameReader(WireLimits())
-        try:
-            while data := await reader.read(65536):
-                for frame in frames.feed(data):
-                    head, _ = read_head(frame.payload, 0, len(frame.payload))
-                    self.calls.append(head.name)
-                    self.answer(head.name, head.seqid, writer.write)
-        except ConnectionResetError:
-            pass
-        finally:
-            writer.close()
+    def answer(self, method: str, seqid: int, write: Callable[[bytes], None]) -> None:
+        self.handler(method, seqid, write)
 
 
 @pytest.fixture

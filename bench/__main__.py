@@ -26,6 +26,8 @@ modes (default: HTTP closed loop against the gateway, with wrk when installed):
 examples:
   python -m bench --duration 3 --rounds 1
   python -m bench --vs http://127.0.0.1:9080 --rounds 3
+  python -m bench --vs http://127.0.0.1:9080 --vs-pid gateway=$(pgrep -f go-ref/bin/gateway) \
+      --vs-pid rpcserver=$(pgrep -f go-ref/bin/rpcserver)
   python -m bench --url http://127.0.0.1:8080 --only pull
   python -m bench --rate 1000 --clients 20 --duration 10
   python -m bench --thrift --chatsvc 127.0.0.1:8888
@@ -47,6 +49,16 @@ def positive_float(text: str) -> float:
     return value
 
 
+def named_pid(text: str) -> tuple[str, int]:
+    """``NAME=PID`` of a running process."""
+    name, sep, pid = text.partition("=")
+    if not sep or not name or not pid.isdigit():
+        raise argparse.ArgumentTypeError(f"expected NAME=PID, got {text!r}")
+    if not Path(f"/proc/{pid}").exists():
+        raise argparse.ArgumentTypeError(f"no process {pid}")
+    return name, int(pid)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -59,6 +71,9 @@ def parser() -> argparse.ArgumentParser:
     target.add_argument("--vs", metavar="URL", help="a second gateway: same loads, interleaved rounds A B A B...")
     target.add_argument("--label", default="pychat", help="name of our target in tables and of the JSON file")
     target.add_argument("--vs-label", help="name of the --vs target (default: its host:port)")
+    target.add_argument("--vs-pid", action="append", default=[], metavar="NAME=PID", type=named_pid,
+                        help="a process of the --vs stack whose CPU is measured like the bench's own (with its "
+                             "children), e.g. --vs-pid gateway=1234 --vs-pid rpcserver=1240; repeatable")
     target.add_argument("--chatsvc", metavar="HOST:PORT", help="with --thrift: a running chatsvc to target")
     target.add_argument("--transport", choices=[t.value for t in Transport], default=Transport.FRAMED.value,
                         help="with --thrift: the Thrift transport (buffered for an Apache Thrift Go server); "
@@ -97,6 +112,8 @@ def options(argv: Sequence[str] | None = None) -> Options:
     p = parser()
     a = p.parse_args(argv)
     mode = "rate" if a.rate else "thrift" if a.thrift else "memory" if a.memory else "http"
+    if a.vs_pid and not a.vs:
+        p.error("--vs-pid needs --vs")
     if a.vs and mode in ("thrift", "memory"):
         p.error(f"--vs compares gateways; it does not apply to --{mode}")
     if a.chatsvc and mode != "thrift":
@@ -109,7 +126,7 @@ def options(argv: Sequence[str] | None = None) -> Options:
         p.error("--cluster-replicas must not be negative")
     default_loads = ("send",) if mode == "rate" else ("send", "pull")
     return Options(mode=mode, loads=(a.only,) if a.only else default_loads, label=a.label, url=a.url, vs=a.vs,
-                   vs_label=a.vs_label, chatsvc=a.chatsvc, transport=a.transport, conns=a.conns,
+                   vs_label=a.vs_label, vs_pids=tuple(a.vs_pid), chatsvc=a.chatsvc, transport=a.transport, conns=a.conns,
                    duration=a.duration, rounds=a.rounds, rate=a.rate or 0.0, clients=a.clients,
                    generator=a.generator, messages=a.messages, results_dir=a.results,
                    gateway_workers=a.gateway_workers, chatsvc_args=tuple(a.chatsvc_arg),

@@ -50,16 +50,20 @@ def round_line(r: LoadResult, rounds: int) -> str:
 
 
 def _ordered(cpu: dict[str, float]) -> list[tuple[str, float]]:
+    """Our processes in PROCESS_ORDER, other names (another stack's, ``--vs-pid``) by name before
+    the load generator."""
     rank = {name: i for i, name in enumerate(PROCESS_ORDER)}
-    return sorted(cpu.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0]))
+    other = rank[LOADGEN] - 0.5
+    return sorted(cpu.items(), key=lambda kv: (rank.get(kv[0], other), kv[0]))
 
 
 def summary_table(summaries: list[Summary]) -> str:
-    names = [n for n, _ in _ordered({n: 0.0 for s in summaries for n in s.cpu_s})]
+    """Medians per target and load; the CPU columns are each process's CPU per request (µs)."""
+    names = [n for n, _ in _ordered({n: 0.0 for s in summaries for n in s.cpu_us_per_request})]
     headers = ["target", "load", "rounds", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors", "sockerr",
-               *(f"cpu {n} s" for n in names)]
+               *(f"{n} µs/req" for n in names)]
     rows = [[s.target, s.load, s.rounds, s.rps, s.p50_ms, s.p90_ms, s.p99_ms, s.max_ms, s.errors, s.sockerr,
-             *(s.cpu_s.get(n) for n in names)] for s in summaries]
+             *(s.cpu_us_per_request.get(n) for n in names)] for s in summaries]
     return table(headers, rows)
 
 

@@ -40,6 +40,7 @@ class Options:
     url: str | None = None
     vs: str | None = None
     vs_label: str | None = None
+    vs_pids: tuple[tuple[str, int], ...] = ()  # processes of the --vs stack whose CPU is measured
     chatsvc: str | None = None
     transport: str = "framed"  # Thrift transport of --thrift
     conns: int = 64
@@ -59,11 +60,13 @@ class Options:
 @dataclass(frozen=True)
 class Target:
     """What a load goes to: a gateway base URL, or a chatsvc ``host:port`` in Thrift mode.
-    ``system`` holds its processes when the bench started them (their CPU is measured)."""
+    ``system`` holds its processes when the bench started them, ``watched`` those of a stack it
+    did not start (``--vs-pid``); the CPU of both is measured."""
 
     label: str
     address: str
     system: System | None = None
+    watched: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass
@@ -85,7 +88,7 @@ async def interleaved(targets: list[Target], loads: tuple[str, ...], opts: Optio
         for rnd in range(1, opts.rounds + 1):
             for target in targets:
                 await probe(target)
-                meter = CpuMeter(target.system)
+                meter = CpuMeter(target.system, target.watched)
                 meter.start()
                 m = await measure(target, load)
                 cpu = meter.stop()
@@ -177,7 +180,8 @@ def start_targets(opts: Options, system: System) -> list[Target]:
         gateway = system.start_gateway(system.start_chatsvc(start_redis(opts, system)))
         targets = [Target(opts.label, f"http://{gateway.addr}", system)]
     if opts.vs:
-        targets.append(Target(opts.vs_label or urlsplit(opts.vs).netloc or opts.vs, opts.vs.rstrip("/")))
+        targets.append(Target(opts.vs_label or urlsplit(opts.vs).netloc or opts.vs, opts.vs.rstrip("/"),
+                              watched=opts.vs_pids))
     return targets
 
 
@@ -244,7 +248,8 @@ def document(opts: Options, stamp: str, targets: list[Target], outcome: Outcome,
 def print_tables(opts: Options, doc: dict[str, Any], targets: list[Target], outcome: Outcome) -> None:
     summaries = summarize(outcome.results)
     if summaries:
-        print(f"\nmedians over {opts.rounds} round(s); latency in ms; cpu = CPU seconds used during the load")
+        print(f"\nmedians over {opts.rounds} round(s); latency in ms; µs/req = a process's CPU time "
+              "(user + system) per request served")
         print(report.summary_table(summaries))
     if doc["comparison"]:
         print("\n" + report.comparison_table(doc["comparison"], targets[0].label, targets[1].label))

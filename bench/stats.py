@@ -82,13 +82,20 @@ class LoadResult:
     m: Measurement
     cpu_s: dict[str, float]
 
+    @property
+    def cpu_us_per_request(self) -> dict[str, float]:
+        """Each process's CPU time per request served, in microseconds: what compares across
+        targets and rounds of different throughput."""
+        n = self.m.requests
+        return {name: round(secs / n * 1e6, 1) for name, secs in self.cpu_s.items()} if n else {}
+
     def as_dict(self) -> dict[str, Any]:
         m = self.m
         return {"target": self.target, "load": self.load, "round": self.round, "generator": self.generator,
                 "requests": m.requests, "duration_s": round(m.duration_s, 3), "rps": round(m.rps, 1),
                 "p50_ms": round(m.p50_ms, 3), "p90_ms": round(m.p90_ms, 3), "p99_ms": round(m.p99_ms, 3),
                 "max_ms": round(m.max_ms, 3), "errors": m.errors, "sockerr": m.sockerr, "cpu_s": self.cpu_s,
-                **m.extra}
+                "cpu_us_per_request": self.cpu_us_per_request, **m.extra}
 
 
 @dataclass
@@ -106,17 +113,21 @@ class Summary:
     errors: int
     sockerr: int
     cpu_s: dict[str, float]
+    cpu_us_per_request: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def of(cls, results: list[LoadResult]) -> Summary:
         first = results[0]
         names = sorted({n for r in results for n in r.cpu_s})
         cpu = {n: round(statistics.median(r.cpu_s.get(n, 0.0) for r in results), 2) for n in names}
+        per_request = [r.cpu_us_per_request for r in results]
+        cpu_us = {n: round(statistics.median(p[n] for p in per_request if n in p), 1)
+                  for n in names if any(n in p for p in per_request)}
         return cls(first.target, first.load, len(results),
                    _median(r.m.rps for r in results), _median(r.m.p50_ms for r in results),
                    _median(r.m.p90_ms for r in results), _median(r.m.p99_ms for r in results),
                    _median(r.m.max_ms for r in results), sum(r.m.errors for r in results),
-                   sum(r.m.sockerr for r in results), cpu)
+                   sum(r.m.sockerr for r in results), cpu, cpu_us)
 
 
 def _median(values: Iterable[float]) -> float:

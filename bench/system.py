@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -262,15 +263,28 @@ class System:
         shutil.rmtree(self._workdir, ignore_errors=True)
 
 
-class CpuMeter:
-    """CPU seconds each process (and the load generator) used between ``start()`` and ``stop()``."""
+def watched_cpu(watched: Iterable[tuple[str, int]]) -> dict[str, float]:
+    """CPU seconds so far of each ``(name, pid)`` and its children, by name (summed per name)."""
+    out: dict[str, float] = {}
+    for name, pid in watched:
+        secs = [cpu_seconds(p) for p in family(pid)]
+        if secs and secs[0] is not None:
+            out[name] = out.get(name, 0.0) + sum(s for s in secs if s is not None)
+    return out
 
-    def __init__(self, system: System | None) -> None:
+
+class CpuMeter:
+    """CPU seconds each process (and the load generator) used between ``start()`` and ``stop()``:
+    the processes of ``system`` and the ``watched`` ``(name, pid)`` pairs."""
+
+    def __init__(self, system: System | None, watched: Iterable[tuple[str, int]] = ()) -> None:
         self._system = system
+        self._watched = tuple(watched)
         self._before: dict[str, float] = {}
 
     def _now(self) -> dict[str, float]:
         now = self._system.cpu() if self._system is not None else {}
+        now.update(watched_cpu(self._watched))
         now[LOADGEN] = loadgen_cpu_seconds()
         return now
 

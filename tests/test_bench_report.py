@@ -1,0 +1,60 @@
+"""`make bench`'s accounting: CPU per request, the processes of a stack it did not start
+(``--vs-pid``), and the summary table."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from bench.__main__ import options
+from bench.report import summary_table
+from bench.stats import LoadResult, Measurement, Summary
+from bench.system import LOADGEN, CpuMeter
+
+
+def result(requests: int, cpu_s: dict[str, float], target: str = "pychat", rnd: int = 1) -> LoadResult:
+    m = Measurement(requests=requests, duration_s=1.0, p50_ms=1.0, p90_ms=2.0, p99_ms=3.0, max_ms=4.0)
+    return LoadResult(target, "send", rnd, "wrk", m, cpu_s)
+
+
+def test_cpu_per_request_is_the_median_over_rounds_of_each_rounds_ratio():
+    rounds = [result(10_000, {"gateway": 3.0, "redis": 0.3}, rnd=1),
+              result(20_000, {"gateway": 1.0, "redis": 0.4}, rnd=2),
+              result(5_000, {"gateway": 1.0, "redis": 0.2}, rnd=3)]
+    assert rounds[0].cpu_us_per_request == {"gateway": 300.0, "redis": 30.0}
+    summary = Summary.of(rounds)
+    # Gateway per round: 300, 50 and 200 µs. The median of those is 200; the ratio of the medians
+    # (1.0 s over 10,000 requests) would be 100.
+    assert summary.cpu_us_per_request == {"gateway": 200.0, "redis": 30.0}
+    assert result(0, {"gateway": 1.0}).cpu_us_per_request == {}  # no request: no ratio
+    assert rounds[0].as_dict()["cpu_us_per_request"] == {"gateway": 300.0, "redis": 30.0}
+
+
+def test_summary_table_puts_other_stacks_processes_before_the_load_generator():
+    ours = Summary.of([result(1_000, {"gateway": 0.1, "chatsvc": 0.05, LOADGEN: 0.02})])
+    theirs = Summary.of([result(1_000, {"gateway": 0.09, "rpcserver": 0.06, LOADGEN: 0.02}, target="go-ref")])
+    header = summary_table([ours, theirs]).splitlines()[0].split("  ")
+    cpu_columns = [h.strip() for h in header if h.strip().endswith("µs/req")]
+    assert cpu_columns == ["gateway µs/req", "chatsvc µs/req", "rpcserver µs/req", "loadgen µs/req"]
+
+
+def test_a_watched_process_is_metered_with_its_name():
+    meter = CpuMeter(None, [("me", os.getpid())])
+    meter.start()
+    deadline = time.process_time() + 0.2
+    while time.process_time() < deadline:  # burn 0.2 s of this process's CPU
+        pass
+    used = meter.stop()
+    assert used["me"] >= 0.15 and used[LOADGEN] >= 0.15  # this process is also the load generator
+
+
+def test_vs_pid_options():
+    opts = options(["--vs", "http://127.0.0.1:9080", "--vs-pid", f"gateway={os.getpid()}"])
+    assert opts.vs_pids == (("gateway", os.getpid()),)
+    for argv in (["--vs-pid", f"gateway={os.getpid()}"],  # no --vs
+                 ["--vs", "http://x", "--vs-pid", "gateway"],  # no pid
+                 ["--vs", "http://x", "--vs-pid", "gateway=not-a-pid"]):
+        with pytest.raises(SystemExit):
+            options(argv)

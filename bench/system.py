@@ -93,6 +93,17 @@ def family(pid: int) -> list[int]:
     return [pid, *kids]
 
 
+def cpu_by_name(procs: Iterable[tuple[str, int]]) -> dict[str, float]:
+    """CPU seconds so far of each live ``(name, pid)`` and its children (gateway workers), by
+    name; processes of one name (cluster nodes) are summed."""
+    out: dict[str, float] = {}
+    for name, pid in procs:
+        secs = [cpu_seconds(p) for p in family(pid)]
+        if secs and secs[0] is not None:
+            out[name] = out.get(name, 0.0) + sum(s for s in secs if s is not None)
+    return out
+
+
 def loadgen_cpu_seconds() -> float:
     """CPU of this process plus its waited-for children (wrk runs as one)."""
     own = resource.getrusage(resource.RUSAGE_SELF)
@@ -230,12 +241,7 @@ class System:
 
     def cpu(self) -> dict[str, float]:
         """CPU seconds so far of each live process and its children (gateway workers), by name."""
-        out: dict[str, float] = {}
-        for p in self.procs:
-            secs = [cpu_seconds(pid) for pid in family(p.popen.pid)]
-            if secs and secs[0] is not None:  # processes of one name (cluster nodes) are summed
-                out[p.name] = out.get(p.name, 0.0) + sum(s for s in secs if s is not None)
-        return out
+        return cpu_by_name((p.name, p.popen.pid) for p in self.procs)
 
     def peak_rss(self) -> dict[str, dict[str, int]]:
         """pid and peak RSS (KiB, summed over its children: gateway workers) of each live process."""
@@ -263,16 +269,6 @@ class System:
         shutil.rmtree(self._workdir, ignore_errors=True)
 
 
-def watched_cpu(watched: Iterable[tuple[str, int]]) -> dict[str, float]:
-    """CPU seconds so far of each ``(name, pid)`` and its children, by name (summed per name)."""
-    out: dict[str, float] = {}
-    for name, pid in watched:
-        secs = [cpu_seconds(p) for p in family(pid)]
-        if secs and secs[0] is not None:
-            out[name] = out.get(name, 0.0) + sum(s for s in secs if s is not None)
-    return out
-
-
 class CpuMeter:
     """CPU seconds each process (and the load generator) used between ``start()`` and ``stop()``:
     the processes of ``system`` and the ``watched`` ``(name, pid)`` pairs."""
@@ -284,7 +280,7 @@ class CpuMeter:
 
     def _now(self) -> dict[str, float]:
         now = self._system.cpu() if self._system is not None else {}
-        now.update(watched_cpu(self._watched))
+        now.update(cpu_by_name(self._watched))
         now[LOADGEN] = loadgen_cpu_seconds()
         return now
 

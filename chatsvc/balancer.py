@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from chatsvc.client import ChatClient, ClientSettings, IMServiceClient, RPCConnectError, RPCUnreachable
+from chatsvc.client import ChatClient, ClientSettings, IMServiceClient, ReplyReader, RPCConnectError, RPCUnreachable
 from chatsvc.wire.idl import IMService, PullRequest
 
 log = logging.getLogger("chatsvc.balancer")
@@ -51,12 +51,13 @@ class BalancedClient(IMServiceClient):
         for inst in self.instances:
             await inst.client.close()
 
-    async def call(self, method: str, args: Any, *, idempotent: bool = False, retry: bool = True) -> Any:
+    async def call(self, method: str, args: Any, *, idempotent: bool = False, retry: bool = True,
+                   reader: ReplyReader | None = None) -> Any:
         tried: set[Instance] = set()
         while True:
             inst = self._pick(tried)
             try:
-                return await inst.client.call(method, args, retry=False)
+                return await inst.client.call(method, args, retry=False, reader=reader)
             except RPCConnectError as exc:
                 self._mark_down(inst, exc)
                 tried.add(inst)

@@ -21,16 +21,17 @@ import asyncio
 import dataclasses
 import itertools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any, NamedTuple, Self
 
 from thriftpy2.thrift import TApplicationException
 
 from chatsvc.settings import WireLimits
-from chatsvc.wire import codec, framing
+from chatsvc.wire import codec, framing, pages
 from chatsvc.wire.framing import Transport
 from chatsvc.wire.idl import IMService, Message, PullRequest, SendRequest
-from chatsvc.wire.scan import MessageHead, ProtocolError
+from chatsvc.wire.scan import ProtocolError, whole_message
 from chatsvc.wire.writer import CoalescingWriter
 
 log = logging.getLogger("chatsvc.client")
@@ -79,6 +80,20 @@ class ClientSettings:
     wire: WireLimits = WireLimits()
 
 
+class ReplyReader(NamedTuple):
+    """A way to read a method's reply without thriftpy2 structs.
+
+    ``read(payload, limits)`` returns the reply's success value, or None for a reply it does not
+    take (it must then have trusted nothing in it); that reply is checked and decoded the general
+    way, and its success value passed through ``convert``.
+    """
+
+    read: Callable[[bytes, WireLimits], Any]
+    convert: Callable[[Any], Any]
+
+
+PULL_PAGE = ReplyReader(pages.read_reply, pages.from_struct)
+
 _seqids = itertools.count(1)
 
 
@@ -94,9 +109,11 @@ class _Connection(CoalescingWriter, asyncio.Protocol):
     def __init__(self, client: ChatClient) -> None:
         super().__init__()
         self._client = client
-        self._reader = framing.FrameReader(client.settings.wire)
-        # seqid -> (method, result class, future, deadline), in the order the calls were sent
-        self._pending: dict[int, tuple[str, Any, asyncio.Future[Any], float]] = {}
+        # Framed replies are not walked as they arrive: _outcome checks each one, or a ReplyReader
+        # reads it with every size checked, in one pass instead of two.
+        self._reader = framing.FrameReader(client.settings.wire, walk=False)
+        # seqid -> (method, result class, reader, future, deadline), in the order the calls were sent
+        self._pending: dict[int, tuple[str, Any, ReplyReader | None, asyncio.Future[Any], float]] = {}
         self._abandoned: set[int] = set()  # seqids of calls that timed out; their replies are dropped
         self.broken = False
 
@@ -110,14 +127,16 @@ class _Connection(CoalescingWriter, asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(RPCConnectError(f"connection lost: {exc or 'closed by server'}"))
 
-    def send(self, method: str, args: Any, result_cls: Any, deadline: float) -> tuple[int, asyncio.Future[Any]]:
-        """Send one call; its future fails with TimeoutError once ``deadline`` (loop time) passes."""
+    def send(self, method: str, args: Any, result_cls: Any, deadline: float,
+             reader: ReplyReader | None = None) -> tuple[int, asyncio.Future[Any]]:
+        """Send one call; its future gets the reply's success value (read by ``reader`` if given),
+        and fails with TimeoutError once ``deadline`` (loop time) passes."""
         seqid = _next_seqid()
         payload = self._client.codec.encode(method, codec.CALL, seqid, args)  # may raise: nothing is held yet
         info = self._client.header_info(method)
         self.write_soon(framing.wrap(self._client.settings.transport, payload, seqid, info))
         fut: asyncio.Future[Any] = self._client.loop.create_future()
-        self._pending[seqid] = (method, result_cls, fut, deadline)
+        self._pending[seqid] = (method, result_cls, reader, fut, deadline)
         self._client.watch_deadlines()
         return seqid, fut
 
@@ -147,26 +166,31 @@ class _Connection(CoalescingWriter, asyncio.Protocol):
                 return
             if head.mtype == codec.EXCEPTION:  # e.g. a PROTOCOL_ERROR with seqid 0
                 exc = TApplicationException()
-                codec.decode_body(frame.payload, exc)
+                codec.decode_body(self._checked(frame), exc)
                 raise RPCProtocolError(f"server error: {exc.message}")
             raise RPCProtocolError(f"reply with unexpected seqid {head.seqid}")
-        method, result_cls, fut, _ = entry
+        method, result_cls, reader, fut, _ = entry
         try:
-            outcome = self._outcome(self._client.codec, frame.payload, head, method, result_cls)
+            outcome = self._outcome(frame, method, result_cls, reader)
         except (ProtocolError, RPCProtocolError) as exc:
             if not fut.done():
                 fut.set_exception(RPCProtocolError(str(exc)))
             raise
         if fut.done():
             return
-        if isinstance(outcome, RPCApplicationError):
+        if isinstance(outcome, RPCError):
             fut.set_exception(outcome)
         else:
             fut.set_result(outcome)
 
-    @staticmethod
-    def _outcome(coder: codec.Codec, payload: bytes, head: MessageHead, method: str, result_cls: Any) -> Any:
-        """The decoded result struct, or the RPCApplicationError the server sent instead."""
+    def _outcome(self, frame: framing.Frame, method: str, result_cls: Any, reader: ReplyReader | None) -> Any:
+        """The reply's success value, or the RPCError to fail the call with (the connection stays)."""
+        head = frame.head
+        if head.mtype == codec.REPLY and head.name == method and reader is not None:
+            value = reader.read(frame.payload, self._client.settings.wire)
+            if value is not None:
+                return value
+        payload = self._checked(frame)
         if head.mtype == codec.EXCEPTION:
             exc = TApplicationException()
             codec.decode_body(payload, exc)
@@ -174,13 +198,22 @@ class _Connection(CoalescingWriter, asyncio.Protocol):
         if head.mtype != codec.REPLY or head.name != method:
             raise RPCProtocolError(f"expected a reply to {method}, got type {head.mtype} for {head.name!r}")
         result = result_cls()
-        coder.decode_body(payload, result)
-        return result
+        self._client.codec.decode_body(payload, result)
+        if result.success is None:
+            return RPCProtocolError(f"{method}: reply has no result")
+        return result.success if reader is None else reader.convert(result.success)
+
+    def _checked(self, frame: framing.Frame) -> bytes:
+        """The frame's payload, once proved one whole message within the limits (the reader walked
+        an unframed one already): thriftpy2's decoder must not see anything else."""
+        if frame.transport is not Transport.BUFFERED:
+            whole_message(frame.payload, 0, len(frame.payload), self._client.settings.wire)
+        return frame.payload
 
     def _fail(self, exc: RPCError) -> None:
         self.broken = True
         pending, self._pending = self._pending, {}
-        for _, _, fut, _ in pending.values():
+        for _, _, _, fut, _ in pending.values():
             if not fut.done():
                 fut.set_exception(exc)
         if self.transport is not None:
@@ -188,7 +221,7 @@ class _Connection(CoalescingWriter, asyncio.Protocol):
 
     def expire(self, now: float) -> bool:
         """Fail the calls whose deadline has passed; whether any call is still pending."""
-        for _, _, fut, deadline in self._pending.values():
+        for _, _, _, fut, deadline in self._pending.values():
             if deadline <= now and not fut.done():
                 fut.set_exception(TimeoutError())
         return bool(self._pending)
@@ -200,7 +233,8 @@ class _Connection(CoalescingWriter, asyncio.Protocol):
 class IMServiceClient:
     """IMService's two methods over ``call``, for every kind of client."""
 
-    async def call(self, method: str, args: Any, *, idempotent: bool = False, retry: bool = True) -> Any:
+    async def call(self, method: str, args: Any, *, idempotent: bool = False, retry: bool = True,
+                   reader: ReplyReader | None = None) -> Any:
         raise NotImplementedError
 
     async def close(self) -> None:
@@ -221,6 +255,13 @@ class IMServiceClient:
         """IMService.Pull; returns the PullResponse. Retried once on a fresh connection."""
         req = PullRequest(Chat=chat, Cursor=cursor, Limit=limit, Reverse=reverse)
         return await self.call("Pull", IMService.Pull_args(req=req), idempotent=True)
+
+    async def pull_page(self, chat: str, cursor: int = 0, limit: int = 10, reverse: bool = False) -> pages.PullPage:
+        """IMService.Pull, its reply as a ``PullPage`` (messages as dicts, read in one pass when the
+        server lays the reply out as chatsvc does). Check ``code``. Retried as ``pull``."""
+        req = PullRequest(Chat=chat, Cursor=cursor, Limit=limit, Reverse=reverse)
+        return await self.call("Pull", IMService.Pull_args(req=req), idempotent=True,  # type: ignore[no-any-return]
+                               reader=PULL_PAGE)
 
 
 class ChatClient(IMServiceClient):
@@ -278,20 +319,22 @@ class ChatClient(IMServiceClient):
             conn.close()
         self._conns.clear()
 
-    async def call(self, method: str, args: Any, *, idempotent: bool = False, retry: bool = True) -> Any:
-        """Call ``method`` and return the reply's ``success`` value (``retry=False``: one attempt)."""
+    async def call(self, method: str, args: Any, *, idempotent: bool = False, retry: bool = True,
+                   reader: ReplyReader | None = None) -> Any:
+        """Call ``method`` and return the reply's ``success`` value (``retry=False``: one attempt;
+        ``reader``: see ReplyReader)."""
         self.outstanding += 1
         try:
-            return await self._call_once(method, args)
+            return await self._call_once(method, args, reader)
         except RPCConnectError as exc:
             if not retry or self._closed or not (idempotent or isinstance(exc, RPCUnreachable)):
                 raise
             log.info("retrying %s once on a fresh connection", method)
-            return await self._call_once(method, args)
+            return await self._call_once(method, args, reader)
         finally:
             self.outstanding -= 1
 
-    async def _call_once(self, method: str, args: Any) -> Any:
+    async def _call_once(self, method: str, args: Any, reader: ReplyReader | None = None) -> Any:
         deadline = self.loop.time() + self.settings.call_timeout
         try:
             if self._slots.locked():  # every slot busy: wait, within the call's time
@@ -309,21 +352,19 @@ class ChatClient(IMServiceClient):
                         conn = await self._connection()
                 except TimeoutError:
                     raise RPCTimeout(f"{method}: no connection within {self.settings.call_timeout}s") from None
-            return await self._exchange(conn, method, args, deadline)
+            return await self._exchange(conn, method, args, deadline, reader)
         finally:
             self._slots.release()
 
-    async def _exchange(self, conn: _Connection, method: str, args: Any, deadline: float) -> Any:
+    async def _exchange(self, conn: _Connection, method: str, args: Any, deadline: float,
+                        reader: ReplyReader | None) -> Any:
         """Send one call on ``conn`` and wait for its reply until ``deadline``."""
-        seqid, fut = conn.send(method, args, getattr(IMService, method + "_result"), deadline)
+        seqid, fut = conn.send(method, args, getattr(IMService, method + "_result"), deadline, reader)
         try:
-            result = await fut
+            return await fut
         except TimeoutError:
             conn.abandon(seqid)
             raise RPCTimeout(f"{method}: no reply within {self.settings.call_timeout}s") from None
-        if result.success is None:
-            raise RPCProtocolError(f"{method}: reply has no result")
-        return result.success
 
     def _idle_connection(self) -> _Connection | None:
         """Fast path: the first live connection with room for another call.

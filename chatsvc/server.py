@@ -134,7 +134,10 @@ class ThriftServer:
             log.exception("handler %s failed", head.name)
             return self._exception(frame, head.name, head.seqid, f"internal error: {type(exc).__name__}",
                                    TApplicationException.INTERNAL_ERROR)
-        payload = self._codec.encode(head.name, codec.REPLY, head.seqid, method.result(success=result))
+        if type(result) is codec.Encoded:  # a handler's reply already encoded (wire.pages)
+            payload = codec.encode_reply(head.name, head.seqid, result)
+        else:
+            payload = self._codec.encode(head.name, codec.REPLY, head.seqid, method.result(success=result))
         return Reply(_wrap(frame, payload, reply_type="2"))
 
     def _exception(self, frame: Frame, name: str, seqid: int, message: str, kind: int,

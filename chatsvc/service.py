@@ -17,10 +17,6 @@ from chatsvc.storage import StoredMessage
 # send_time is in microseconds and Redis stream ids are unsigned 64-bit: any int64 cursor fits.
 INT64_MAX = 2**63 - 1
 
-# Builds a NamedTuple from a tuple of its fields in C (``Message._make`` without its Python frame),
-# for the per-message loop of a page.
-_new_tuple = tuple.__new__
-
 
 class Storage(Protocol):
     async def append(self, chat: str, sender: str, text: str) -> int: ...
@@ -59,9 +55,17 @@ class PullQuery(NamedTuple):
 
 
 class Page(NamedTuple):
-    messages: list[Message]
+    """A page of ``chat``: its messages as stored (``rows``), which the handler sends on as they are."""
+
+    chat: str
+    rows: list[StoredMessage]
     has_more: bool
     next_cursor: int
+
+    @property
+    def messages(self) -> list[Message]:
+        """The rows as Messages (sender and text decoded)."""
+        return [Message(self.chat, row.text, row.sender, row.send_time) for row in self.rows]
 
 
 def _text(value: object, field: str) -> str:
@@ -156,7 +160,6 @@ class ChatService:
         chat_id = query.chat.id
         limit = query.limit
         rows = await self._storage.page(chat_id, query.cursor, limit + 1, query.reverse)
-        has_more = len(rows) > limit
-        messages = [_new_tuple(Message, (chat_id, text, sender, send_time))
-                    for sender, text, send_time in rows[:limit]]
-        return Page(messages, has_more, rows[limit].send_time if has_more else 0)
+        if len(rows) > limit:
+            return Page(chat_id, rows[:limit], True, rows[limit].send_time)
+        return Page(chat_id, rows, False, 0)

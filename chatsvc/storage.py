@@ -3,6 +3,8 @@
 One Redis Stream per chat, key ``chat:{<canonical chat>}``: the braces make the chat id a Redis
 Cluster hash tag. An entry's id is ``<send_time>-0`` (send_time in microseconds) and its fields are
 ``s`` (sender) and ``x`` (text), so paging by send_time is a plain ``XRANGE``/``XREVRANGE``.
+Replies are read as bytes, not decoded: a page's sender and text bytes go into the Pull reply as
+they are (``wire.pages``), with no str or struct per message.
 
 Every command touches exactly one key, so a chat lives wholly on one Redis Cluster shard and the
 same commands run unchanged on a single Redis or on a cluster: ``from_url`` picks the client
@@ -62,9 +64,23 @@ known_arguments("EVALSHA", SEND_SCRIPT_SHA, "XRANGE", "XREVRANGE", "+", "-", "CO
 
 
 class StoredMessage(NamedTuple):
-    sender: str
-    text: str
+    """A stored message: its send_time (µs), and its sender and text as stored (UTF-8)."""
+
     send_time: int
+    sender_utf8: bytes
+    text_utf8: bytes
+
+    @classmethod
+    def of(cls, sender: str, text: str, send_time: int) -> StoredMessage:
+        return cls(send_time, sender.encode(), text.encode())
+
+    @property
+    def sender(self) -> str:
+        return self.sender_utf8.decode()
+
+    @property
+    def text(self) -> str:
+        return self.text_utf8.decode()
 
 
 # Builds a NamedTuple from a tuple of its fields in C (``StoredMessage._make`` without its Python
@@ -193,7 +209,7 @@ class RedisStorage:
             socket_timeout=timeout,
             socket_connect_timeout=connect_timeout,
             retry=Retry(NoBackoff(), 0),
-            decode_responses=True,
+            decode_responses=False,  # bytes: a page's are passed on as they are
         )
         return cls(aioredis.Redis(connection_pool=pool), batch)
 
@@ -205,7 +221,7 @@ class RedisStorage:
             username=address.username,
             password=address.password,
             ssl=address.tls,
-            decode_responses=True,
+            decode_responses=False,  # as from_url's
             socket_timeout=timeout,
             socket_connect_timeout=connect_timeout,
             max_connections=pool_size,  # per node
@@ -278,17 +294,16 @@ class RedisStorage:
             raise StorageUnavailable(type(exc).__name__) from exc
         # The layout SEND_SCRIPT writes (``[s, sender, x, text]``, raw from the batcher) is read
         # inline, the rows built with tuple.__new__ rather than two Python calls each (_message and
-        # the NamedTuple's constructor): 21 rows took 19 us, now 14 us (micro-benchmark).
-        return [_new_tuple(StoredMessage, (f[1], f[3], int(eid[: eid.index("-")])))
-                if type(f) is list and len(f) == 4 and f[0] == "s" and f[2] == "x" else _message(eid, f)
+        # the NamedTuple's constructor): 21 rows took 19 us, then 14 us (micro-benchmark).
+        return [_new_tuple(StoredMessage, (int(eid[: eid.index(b"-")]), f[1], f[3]))
+                if type(f) is list and len(f) == 4 and f[0] == b"s" and f[2] == b"x" else _message(eid, f)
                 for eid, f in entries]
 
 
-def _message(entry_id: str, fields: Any) -> StoredMessage:
-    """A stream entry, raw (``[k, v, ...]``, from the batcher) or parsed by redis-py (a dict)."""
-    send_time = int(entry_id[: entry_id.index("-")])
-    if isinstance(fields, list) and len(fields) == 4 and fields[0] == "s" and fields[2] == "x":
-        return StoredMessage(fields[1], fields[3], send_time)  # the layout SEND_SCRIPT writes
+def _message(entry_id: bytes, fields: Any) -> StoredMessage:
+    """A stream entry in another field order, raw (``[k, v, ...]``, from the batcher) or parsed by
+    redis-py (a dict)."""
+    send_time = int(entry_id[: entry_id.index(b"-")])
     if not isinstance(fields, dict):
         fields = dict(zip(fields[::2], fields[1::2], strict=True))
-    return StoredMessage(fields["s"], fields["x"], send_time)
+    return StoredMessage(send_time, fields[b"s"], fields[b"x"])

@@ -44,14 +44,13 @@ async def pull(gw: Gateway, request: Request, identity: auth.Identity | None) ->
     data = binding.bind_pull(body, request.query)
     auth.check_pull(identity, data.chat)
     try:
-        reply = await gw.client.pull(data.chat, data.cursor, data.limit, data.reverse)
+        page = await gw.client.pull_page(data.chat, data.cursor, data.limit, data.reverse)
     except RPCError as exc:
         raise from_rpc(exc) from exc
-    _check(reply)
-    messages = [{"chat": m.Chat, "text": m.Text, "sender": m.Sender, "send_time": m.SendTime}
-                for m in reply.Messages or ()]
-    return Response(200, orjson.dumps({"messages": messages, "has_more": bool(reply.HasMore),
-                                       "next_cursor": reply.NextCursor or 0}))
+    if page.code != errors.OK:
+        raise errors.from_code(page.code or 500, page.msg)
+    return Response(200, orjson.dumps({"messages": page.messages, "has_more": page.has_more,
+                                       "next_cursor": page.next_cursor}))
 
 
 def _check(reply: Any) -> None:

@@ -11,7 +11,7 @@ from thriftpy2.thrift import TApplicationException, TDecodeException
 
 from chatsvc.client import ChatClient, RPCApplicationError, RPCConnectError, RPCProtocolError, RPCTimeout
 from chatsvc.settings import WireLimits
-from chatsvc.wire import codec, framing
+from chatsvc.wire import codec, framing, pages
 from chatsvc.wire.framing import Transport
 from chatsvc.wire.idl import IMService, PullResponse, SendResponse
 from chatsvc.wire.scan import read_head
@@ -183,3 +183,42 @@ async def test_a_call_that_cannot_be_encoded_holds_nothing(scripted):
         assert [conn.in_flight for conn in client._conns] == [0]  # no call left waiting for a reply
         assert (await client.send("a:b", "after", "a")).Code == 0
     assert script.calls == ["Send", "Send"]
+
+
+def pull_reply(payload_of: Callable[[int], bytes]) -> Reply:
+    return lambda method, seqid: framing.wrap(Transport.FRAMED, payload_of(seqid))
+
+
+async def test_pull_page_reads_chatsvc_layout_and_any_other(scripted):
+    """A reply laid out as chatsvc writes it is read in one pass; a valid reply in another layout
+    (here Messages left out, as a server may for an optional field) the general way."""
+    rows = [(5, b"a", b"hello"), (6, b"b", "wörld".encode())]
+    spliced = pages.write_response("a:b", rows, True, 7)
+    _, port = await scripted(pull_reply(lambda s: codec.encode_reply("Pull", s, codec.Encoded(spliced))))
+    async with ChatClient("127.0.0.1", port, call_timeout=2) as client:
+        page = await client.pull_page("a:b", 0, 2)
+    assert page == pages.PullPage(0, "success", [{"chat": "a:b", "text": "hello", "sender": "a", "send_time": 5},
+                                                 {"chat": "a:b", "text": "wörld", "sender": "b", "send_time": 6}],
+                                  True, 7)
+    sparse = IMService.Pull_result(success=PullResponse(Code=404, Msg="gone"))
+    _, port = await scripted(pull_reply(lambda s: codec.encode("Pull", codec.REPLY, s, sparse)))
+    async with ChatClient("127.0.0.1", port, call_timeout=2) as client:
+        assert await client.pull_page("a:b") == pages.PullPage(404, "gone", [], False, 0)
+
+
+@pytest.mark.parametrize("cut", [1, 9, 30])
+async def test_a_framed_reply_cut_short_is_a_protocol_error_on_every_path(scripted, cut):
+    """Framed replies are not walked as they arrive (the client checks each one as it reads it):
+    a message shorter than its frame still fails the call and discards the connection, whether the
+    one-pass reader or thriftpy2's decoder would have read it."""
+    def reply(method: str, seqid: int) -> bytes:
+        payload = ok_reply(method, seqid)[4:] if method == "Send" else codec.encode_reply(
+            "Pull", seqid, codec.Encoded(pages.write_response("a:b", [], False, 0)))
+        return framing.wrap(Transport.FRAMED, payload[:-cut] if len(payload) > cut else payload)
+
+    script, port = await scripted(reply)
+    async with ChatClient("127.0.0.1", port, call_timeout=2) as client:
+        for call in (lambda: client.pull_page("a:b"), lambda: client.pull("a:b"), lambda: client.send("a:b", "x", "a")):
+            with pytest.raises(RPCProtocolError, match="truncated|trailing"):
+                await call()
+    assert script.connections == 3  # each broken connection was replaced

@@ -124,7 +124,7 @@ async def test_storage_round_trip_on_the_cluster(storage):
     times = [await storage.append("a:b", "a" if i % 2 else "b", f"m{i}") for i in range(6)]
     assert all(b > a for a, b in zip(times, times[1:], strict=False))
     rows = await storage.page("a:b", 0, 100, False)
-    assert rows == [StoredMessage("b" if i % 2 == 0 else "a", f"m{i}", t) for i, t in enumerate(times)]
+    assert rows == [StoredMessage.of("b" if i % 2 == 0 else "a", f"m{i}", t) for i, t in enumerate(times)]
     assert await storage.page("a:b", 0, 100, True) == rows[::-1]
     assert [r.send_time for r in await storage.page("a:b", times[2], 2, False)] == times[2:4]
     assert [r.send_time for r in await storage.page("a:b", times[2], 2, True)] == [times[2], times[1]]
@@ -215,7 +215,7 @@ async def test_moved_and_ask_are_followed_and_the_send_runs_once(storage, redis_
         wait_slot_owner(redis_cluster, slot, target)
         t2 = await storage.append(chat, "x", "after migration")  # -MOVED from the source
         rows = await storage.page(chat, 0, 10, False)
-        assert rows == [StoredMessage("mover", "during migration", t1), StoredMessage("x", "after migration", t2)]
+        assert rows == [StoredMessage.of("mover", "during migration", t1), StoredMessage.of("x", "after migration", t2)]
         with redis_cluster.client(target) as c:
             assert c.xlen(key) == 2
         with redis_cluster.client(source) as c:

@@ -45,7 +45,7 @@ class MemoryStorage:
         now = self.clock()
         if rows and rows[-1].send_time >= now:
             now = rows[-1].send_time + 1
-        rows.append(StoredMessage(sender, text, now))
+        rows.append(StoredMessage.of(sender, text, now))
         return now
 
     async def page(self, chat: str, cursor: int, count: int, reverse: bool) -> list[StoredMessage]:
@@ -185,7 +185,7 @@ def test_chat_is_canonical_sorted_by_code_point():
 
 async def test_self_chat_allowed(svc, store):
     t = await svc.send("a:a", "note to self", "a")
-    assert store.chats == {"a:a": [StoredMessage("a", "note to self", t)]}
+    assert store.chats == {"a:a": [StoredMessage.of("a", "note to self", t)]}
     page = await svc.pull(parse_pull("a:a", 0, 10, False, LIMITS))
     assert [m.text for m in page.messages] == ["note to self"]
 
@@ -261,7 +261,7 @@ async def test_text_limit_is_configurable(store):
 async def test_text_may_contain_anything_else(svc, store):
     text = "line1\nline2\t\x00 {braces} * é 😀"
     t = await svc.send("a:b", text, "a")
-    assert store.chats["a:b"] == [StoredMessage("a", text, t)]
+    assert store.chats["a:b"] == [StoredMessage.of("a", text, t)]
 
 
 async def test_text_is_not_trimmed(svc, store):
@@ -377,7 +377,7 @@ async def test_pull_with_invalid_arguments_never_reaches_storage(store):
     handler = IMServiceHandler(ChatService(store, LIMITS))
     for req in (idl.PullRequest(Chat="ab", Cursor=0, Limit=1), idl.PullRequest(Chat="a:b", Cursor=-1, Limit=1),
                 idl.PullRequest(Chat="a:b", Cursor=0, Limit=-1)):
-        reply = await handler.Pull(req)
+        reply = await call_pull(handler, req)
         assert reply.Code == 400
     assert store.pages == []
 
@@ -446,7 +446,7 @@ async def test_paging_edges(b4, cursor, reverse, limit, expected):
 
 async def test_unknown_chat_is_an_empty_page(svc):
     page = await svc.pull(parse_pull("no:body", 0, 10, False, LIMITS))
-    assert page == Page([], False, 0)
+    assert page == Page("body:no", [], False, 0)
 
 
 async def test_pull_asks_storage_for_limit_plus_one(store, svc):
@@ -507,6 +507,16 @@ def check_send_reply(reply, code: int) -> None:
         assert reply.Msg == "success"
 
 
+async def call_pull(handler: IMServiceHandler, req):
+    """``handler.Pull``'s reply as a client decodes it: a page comes back already encoded."""
+    reply = await handler.Pull(req)
+    if isinstance(reply, codec.Encoded):
+        decoded = idl.IMService.Pull_result()
+        codec.decode_body(codec.encode_reply("Pull", 1, reply), decoded)
+        return decoded.success
+    return reply
+
+
 def check_pull_reply(reply, code: int) -> None:
     assert isinstance(reply, idl.PullResponse)
     assert reply.Code == code
@@ -561,19 +571,19 @@ async def test_handler_pull_ok(handler, store):
     for chat, text, sender in (("b:a", "one", "a"), ("a:b", "two", "b"), ("a:b", "three", "a")):
         check_send_reply(await handler.Send(send_req(chat, text, sender)), 0)
     t1, t2, t3 = (m.send_time for m in store.chats["a:b"])
-    reply = await handler.Pull(idl.PullRequest(Chat="b:a", Cursor=0, Limit=2, Reverse=None))
+    reply = await call_pull(handler, idl.PullRequest(Chat="b:a", Cursor=0, Limit=2, Reverse=None))
     check_pull_reply(reply, 0)
     assert reply.Messages == [idl.Message(Chat="a:b", Text="one", Sender="a", SendTime=t1),
                               idl.Message(Chat="a:b", Text="two", Sender="b", SendTime=t2)]
     assert reply.HasMore is True and reply.NextCursor == t3
-    last = await handler.Pull(idl.PullRequest(Chat="a:b", Cursor=t3, Limit=2, Reverse=False))
+    last = await call_pull(handler, idl.PullRequest(Chat="a:b", Cursor=t3, Limit=2, Reverse=False))
     check_pull_reply(last, 0)
     assert [m.Text for m in last.Messages] == ["three"]
     assert last.HasMore is False and last.NextCursor == 0
 
 
 async def test_handler_pull_empty_chat_sets_every_field(handler):
-    reply = await handler.Pull(idl.PullRequest(Chat="a:b"))  # Cursor, Limit, Reverse absent
+    reply = await call_pull(handler, idl.PullRequest(Chat="a:b"))  # Cursor, Limit, Reverse absent
     check_pull_reply(reply, 0)
     assert reply.Messages == [] and reply.HasMore is False and reply.NextCursor == 0
 
@@ -590,7 +600,7 @@ async def test_handler_pull_empty_chat_sets_every_field(handler):
     ],
 )
 async def test_handler_pull_invalid_is_in_band_400(handler, req, prefix):
-    reply = await handler.Pull(req)
+    reply = await call_pull(handler, req)
     check_pull_reply(reply, 400)
     assert reply.Msg.startswith(prefix), reply.Msg
 
@@ -610,7 +620,7 @@ async def test_handler_storage_failures(exc, code, msg, caplog):
     send = await handler.Send(send_req())
     check_send_reply(send, code)
     assert send.Msg == msg
-    pulled = await handler.Pull(idl.PullRequest(Chat="a:b", Cursor=0, Limit=10, Reverse=True))
+    pulled = await call_pull(handler, idl.PullRequest(Chat="a:b", Cursor=0, Limit=10, Reverse=True))
     check_pull_reply(pulled, code)
     assert pulled.Msg == msg
     # An internal error must not leak its details to the client.

@@ -6,7 +6,8 @@ decoder over a memory buffer reads past a short message without raising.
 
 from __future__ import annotations
 
-from typing import Any
+from struct import Struct
+from typing import Any, NamedTuple
 
 from thriftpy2.thrift import TApplicationException, TMessageType
 
@@ -17,10 +18,28 @@ except ImportError:  # pragma: no cover
     from thriftpy2.protocol.binary import TBinaryProtocol as _Protocol
     from thriftpy2.transport.memory import TMemoryBuffer as _Buffer
 
-from chatsvc.wire.scan import ProtocolError
+from chatsvc.wire.scan import VERSION_1, ProtocolError
 
 CALL, REPLY, EXCEPTION, ONEWAY = (TMessageType.CALL, TMessageType.REPLY, TMessageType.EXCEPTION,
                                   TMessageType.ONEWAY)
+
+
+_MESSAGE_HEAD = Struct(">Ii")  # strict binary: version word with the type, name length
+_I32 = Struct(">i")
+RESULT_SUCCESS = b"\x0c\x00\x00"  # field 0 ("success", a struct) of a method's result struct
+
+
+class Encoded(NamedTuple):
+    """A handler's result struct already in its binary encoding (``wire.pages``), written as is."""
+
+    data: bytes
+
+
+def encode_reply(name: str, seqid: int, result: Encoded) -> bytes:
+    """A REPLY whose result struct's ``success`` is ``result``: what ``encode`` writes for it."""
+    raw = name.encode()
+    return b"".join((_MESSAGE_HEAD.pack(VERSION_1 | REPLY, len(raw)), raw, _I32.pack(seqid),
+                     RESULT_SUCCESS, result.data, b"\x00"))
 
 
 def encode(name: str, mtype: int, seqid: int, struct: Any) -> bytes:

@@ -13,7 +13,16 @@ from struct import Struct
 from typing import NamedTuple
 
 from chatsvc.settings import WireLimits
-from chatsvc.wire.scan import VERSION_1, VERSION_MASK, Incomplete, MessageHead, ProtocolError, scan_message
+from chatsvc.wire.scan import (
+    VERSION_1,
+    VERSION_MASK,
+    Incomplete,
+    MessageHead,
+    ProtocolError,
+    read_head,
+    scan_message,
+    whole_message,
+)
 
 _U16 = Struct(">H")
 _U32 = Struct(">I")
@@ -86,10 +95,17 @@ def detect(first8: bytes | bytearray | memoryview, pos: int = 0) -> Transport:
 
 
 class FrameReader:
-    """Cuts a byte stream into ``Frame``s, checking every size before it is allocated."""
+    """Cuts a byte stream into ``Frame``s, checking every size before it is allocated.
 
-    def __init__(self, limits: WireLimits) -> None:
+    A framed message (framed, TTHeader) is walked to prove it whole and within the limits, unless
+    ``walk`` is false: then only its message header is read, and the reader's user must check the
+    payload (``scan.whole_message``, or a reader that checks every size itself) before decoding
+    it. An unframed message is always walked: that is how its end is found.
+    """
+
+    def __init__(self, limits: WireLimits, *, walk: bool = True) -> None:
         self._limits = limits
+        self._walk = walk
         self._buf = bytearray()
         self._need = 0  # don't rescan until the buffer holds this many bytes
         self.last_transport: Transport | None = None
@@ -175,12 +191,13 @@ class FrameReader:
 
     def _whole_message(self, buf: bytes | bytearray, start: int, end: int) -> tuple[bytes, MessageHead]:
         """The frame's payload, which must be exactly one complete message, and its header."""
-        try:
-            head, stop = scan_message(buf, start, end, self._limits)
-        except Incomplete:
-            raise ProtocolError("truncated message in frame") from None
-        if stop != end:
-            raise ProtocolError(f"{end - stop} trailing bytes after the message in a frame")
+        if self._walk:
+            head = whole_message(buf, start, end, self._limits)
+        else:
+            try:
+                head = read_head(buf, start, end)[0]
+            except Incomplete:
+                raise ProtocolError("truncated message in frame") from None
         return bytes(buf[start:end]), head
 
     def _ttheader(self, buf: bytes | bytearray, pos: int) -> tuple[Frame, int]:

@@ -9,9 +9,11 @@ Cython decoder over a memory buffer does not raise on a short read, it decodes g
 from __future__ import annotations
 
 from struct import Struct
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-from chatsvc.settings import WireLimits
+if TYPE_CHECKING:  # settings imports storage, which imports this module's users
+    from chatsvc.settings import WireLimits
+
 
 _I32 = Struct(">i")
 _U32 = Struct(">I")
@@ -86,6 +88,21 @@ def scan_message(buf: bytes | bytearray | memoryview, pos: int, end: int,
     """
     head, body = read_head(buf, pos, end)
     return head, _skip_structs(buf, body, end, 1, 0, limits)
+
+
+def whole_message(buf: bytes | bytearray | memoryview, pos: int, end: int, limits: WireLimits) -> MessageHead:
+    """The header of the message that fills ``buf[pos:end]`` exactly (a frame's payload).
+
+    Raises:
+        ProtocolError: the message is cut short, is followed by other bytes, or is not valid.
+    """
+    try:
+        head, stop = scan_message(buf, pos, end, limits)
+    except Incomplete:
+        raise ProtocolError("truncated message in frame") from None
+    if stop != end:
+        raise ProtocolError(f"{end - stop} trailing bytes after the message in a frame")
+    return head
 
 
 def message_end(buf: bytes | bytearray | memoryview, pos: int, end: int, limits: WireLimits) -> int:

@@ -7,10 +7,12 @@ message's sender and text as Redis returns them, with a few packed bytes between
 (``write_response``), and the gateway reads such a reply in one pass that checks every size as it
 goes (``read_reply``).
 
-``write_response`` writes exactly the bytes thriftpy2 writes for the same PullResponse (fields in
-the IDL's order), so any Thrift client reads it. ``read_reply`` takes only that layout; it
-returns None for any other (another server's field order, a missing optional field, bad UTF-8),
-and the caller then decodes the reply the general way.
+``write_response`` writes each Message's fields as SendTime, Text, Sender, Chat (Thrift fields may
+come in any order; Kitex also writes fixed-size fields first): the first two take one packed
+header, and Sender, Chat and the struct's stop are the same bytes for all of a sender's messages
+in a page. ``read_reply`` takes only this layout; it returns None for any other (thriftpy2's or
+Kitex's field order, a missing optional field, bad UTF-8), and the caller then decodes the reply
+the general way.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ if TYPE_CHECKING:  # settings imports storage, which imports this module
 T_BOOL, T_I32, T_I64, T_STRING, T_STRUCT, T_LIST = 2, 8, 10, 11, 12, 15
 
 _FIELD = Struct(">bhi")  # a field's type and id, then an i32: a string's length, or the value
-_SEND_TIME = Struct(">bhqb")  # Message.SendTime (field 4) and the Message's stop byte
+_TIME_TEXT = Struct(">bhqbhi")  # Message.SendTime (field 4), then the header of Text (field 2)
 _LIST = Struct(">bhbi")  # PullResponse.Messages (field 3): field header, element type, count
 _TAIL = Struct(">bh?bhqbb")  # HasMore (4), NextCursor (5), PullResponse's stop, the result's stop
 _HAS_MORE = Struct(">bh?")
@@ -56,14 +58,16 @@ def write_response(chat: str, rows: Sequence[tuple[int, bytes, bytes]], has_more
     """A successful PullResponse struct; ``rows`` are ``(send_time, sender, text)`` of ``chat``,
     sender and text in UTF-8."""
     raw = chat.encode()
-    chat_field = _FIELD.pack(T_STRING, 1, len(raw)) + raw
+    chat_and_stop = _FIELD.pack(T_STRING, 1, len(raw)) + raw + b"\x00"
     parts = [_OK, _LIST.pack(T_LIST, 3, T_STRUCT, len(rows))]
     extend = parts.extend
-    field = _FIELD.pack
-    send_time_field = _SEND_TIME.pack
+    time_text = _TIME_TEXT.pack
+    tails: dict[bytes, bytes] = {}  # sender -> its Sender field, the Chat field and the stop byte
     for send_time, sender, text in rows:
-        extend((chat_field, field(T_STRING, 2, len(text)), text, field(T_STRING, 3, len(sender)), sender,
-                send_time_field(T_I64, 4, send_time, 0)))
+        tail = tails.get(sender)
+        if tail is None:
+            tail = tails[sender] = _FIELD.pack(T_STRING, 3, len(sender)) + sender + chat_and_stop
+        extend((time_text(T_I64, 4, send_time, T_STRING, 2, len(text)), text, tail))
     parts.append(_HAS_MORE.pack(T_BOOL, 4, has_more) + _NEXT_CURSOR.pack(T_I64, 5, next_cursor) + b"\x00")
     return b"".join(parts)
 
@@ -74,7 +78,7 @@ def read_reply(payload: bytes, limits: WireLimits) -> PullPage | None:
     try:
         _, pos = read_head(payload, 0, len(payload))
         return _read_result(payload, pos, limits)
-    except (StructError, UnicodeDecodeError, Incomplete, ProtocolError):
+    except (StructError, IndexError, UnicodeDecodeError, Incomplete, ProtocolError):
         return None
 
 
@@ -98,23 +102,15 @@ def _read_result(buf: bytes, pos: int, limits: WireLimits) -> PullPage | None:
     messages: list[dict[str, Any]] = []
     append = messages.append
     field = _FIELD.unpack_from
-    send_time_field = _SEND_TIME.unpack_from
-    chat_raw = b""
+    time_text = _TIME_TEXT.unpack_from
+    chat_and_stop = b""  # the last message's Chat field and stop byte (a page is all one chat)
     chat = ""
     for _ in range(count):
         # Inline rather than a call per field: this loop is most of the gateway's work on a pull.
-        ftype, fid, n = field(buf, pos)
-        if ftype != T_STRING or fid != 1 or not 0 <= n <= max_string:
+        ftype, fid, send_time, text_type, text_id, n = time_text(buf, pos)
+        if ftype != T_I64 or fid != 4 or text_type != T_STRING or text_id != 2 or not 0 <= n <= max_string:
             return None
-        start = pos + 7
-        pos = start + n
-        raw = buf[start:pos]
-        if raw != chat_raw:  # a page is usually all one chat: decode its name once
-            chat_raw, chat = raw, str(raw, "utf-8")
-        ftype, fid, n = field(buf, pos)
-        if ftype != T_STRING or fid != 2 or not 0 <= n <= max_string:
-            return None
-        start = pos + 7
+        start = pos + 18
         pos = start + n
         text = str(buf[start:pos], "utf-8")
         ftype, fid, n = field(buf, pos)
@@ -123,10 +119,13 @@ def _read_result(buf: bytes, pos: int, limits: WireLimits) -> PullPage | None:
         start = pos + 7
         pos = start + n
         sender = str(buf[start:pos], "utf-8")
-        ftype, fid, send_time, stop = send_time_field(buf, pos)
-        if ftype != T_I64 or fid != 4 or stop:
-            return None
-        pos += 12
+        if not chat_and_stop or buf[pos : pos + len(chat_and_stop)] != chat_and_stop:
+            ftype, fid, n = field(buf, pos)
+            if ftype != T_STRING or fid != 1 or not 0 <= n <= max_string or buf[pos + 7 + n] != 0:
+                return None
+            chat_and_stop = buf[pos : pos + 8 + n]
+            chat = str(buf[pos + 7 : pos + 7 + n], "utf-8")
+        pos += len(chat_and_stop)
         append({"chat": chat, "text": text, "sender": sender, "send_time": send_time})
     more_type, more_id, has_more, next_type, next_id, next_cursor, stop, result_stop = _TAIL.unpack_from(buf, pos)
     if (more_type != T_BOOL or more_id != 4 or next_type != T_I64 or next_id != 5 or stop or result_stop

@@ -33,7 +33,7 @@ async def running(settings: ChatsvcSettings) -> AsyncIterator[ThriftServer]:
                                     wait_timeout=settings.redis_cluster_wait_timeout)
     handler = IMServiceHandler(ChatService(storage, settings.limits))
     limits = ServerLimits(settings.wire_limits, settings.max_connections, settings.max_pipeline,
-                          settings.idle_timeout, settings.read_timeout)
+                          settings.idle_timeout, settings.read_timeout, settings.flush_bytes)
     server = ThriftServer(IMService, handler, limits)
     try:
         await server.start(settings.host, settings.port)

@@ -33,6 +33,7 @@ class ServerLimits:
     max_pipeline: int = 64
     idle_timeout: float = 600.0
     read_timeout: float = 10.0  # a message started must be complete within this
+    flush_bytes: int = 8192  # replies queued in one loop pass are written once this many are (0: never)
 
 
 class Reply:
@@ -184,7 +185,7 @@ class _Slot:
 
 class _Connection(CoalescingWriter, asyncio.Protocol):
     def __init__(self, server: ThriftServer) -> None:
-        super().__init__(server.flushes)
+        super().__init__(server.flushes, server.limits.flush_bytes)
         self.server = server
         self._loop = asyncio.get_running_loop()
         self.reader = framing.FrameReader(server.limits.wire)

@@ -57,6 +57,9 @@ class ChatsvcSettings:
     max_header_bytes: int = setting(64 * 1024, "CHATSVC_MAX_HEADER_BYTES", "max TTHeader size")
     max_connections: int = setting(10_000, "CHATSVC_MAX_CONNECTIONS", "concurrent connections")
     max_pipeline: int = setting(64, "CHATSVC_MAX_PIPELINE", "calls in flight per connection")
+    flush_bytes: int = setting(8192, "CHATSVC_FLUSH_BYTES",
+                               "write a connection's queued replies once this many bytes are ready, "
+                               "before the end of the event-loop pass (0: at the end only)")
     idle_timeout: float = setting(600.0, "CHATSVC_IDLE_TIMEOUT", "close idle connections (s)")
     read_timeout: float = setting(10.0, "CHATSVC_READ_TIMEOUT",
                                   "seconds a message may take to arrive once started (slow senders)")
@@ -73,6 +76,8 @@ class ChatsvcSettings:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         self._validate_redis()
+        if self.flush_bytes < 0:
+            raise ValueError("flush_bytes must not be negative")
         if self.max_frame_bytes >= 256 * MiB:
             # A framed length whose top bytes read 10 00 would be taken for a TTHeader.
             raise ValueError("max_frame_bytes must be below 256 MiB")

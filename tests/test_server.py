@@ -181,6 +181,24 @@ async def test_pipelined_replies_come_in_request_order(served, double, transport
     await client.close()
 
 
+@pytest.mark.parametrize("flush_bytes", [0, 1, 8192])
+async def test_replies_completing_together_keep_their_order_however_they_are_flushed(double, flush_bytes):
+    """Replies that complete in one loop pass are written at its end (0), each at once (1), or in
+    writes of 8 KiB: in every case in the calls' order, none lost."""
+    server, port = await start_server(double, flush_bytes=flush_bytes)
+    try:
+        client = await Client.connect(port)
+        # The first call is slowest: the other 39 complete first and wait, then all go together.
+        double.delays["m0"] = 0.05
+        client.write(b"".join(send_call(f"m{i}" + "x" * 300, 100 + i) for i in range(40)))
+        replies = [await client.reply() for _ in range(40)]
+        assert [(seqid, resp.Msg) for _, _, seqid, resp in replies] == [
+            (100 + i, f"done m{i}" + "x" * 300) for i in range(40)]
+        await client.close()
+    finally:
+        await server.close(1.0)
+
+
 async def test_replies_match_each_calls_transport_on_one_connection(served, double):
     _, port = served
     client = await Client.connect(port)

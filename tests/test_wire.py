@@ -26,6 +26,7 @@ from chatsvc.wire.framing import (
     wrap,
 )
 from chatsvc.wire.scan import Incomplete, MessageHead, ProtocolError, message_end, read_head, scan_message
+from chatsvc.wire.writer import CoalescingWriter
 
 LIMITS = WireLimits()
 
@@ -662,3 +663,41 @@ def test_parse_info_too_short():
 def test_encode_info_string_too_long():
     with pytest.raises(ValueError):
         encode_info({"k": "x" * 65536})
+
+
+class RecordingTransport:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return False
+
+
+async def test_coalescing_writer_writes_once_flush_bytes_are_queued():
+    writer = CoalescingWriter(flush_bytes=100)
+    writer.transport = RecordingTransport()
+    writer.queue(b"a" * 60)
+    assert writer.transport.writes == []
+    writer.queue(b"b" * 60)  # 120 queued: written at once, in order
+    assert writer.transport.writes == [b"a" * 60 + b"b" * 60]
+    writer.queue(b"c" * 10)
+    writer.queue(b"d" * 10)
+    assert len(writer.transport.writes) == 1  # 20 bytes: they wait for the flush
+    writer.flush()
+    assert writer.transport.writes[1:] == [b"c" * 10 + b"d" * 10]
+    writer.queue(b"e" * 99)  # the count starts again after every write
+    assert len(writer.transport.writes) == 2
+
+
+async def test_coalescing_writer_without_flush_bytes_waits_for_the_flush():
+    writer = CoalescingWriter()
+    writer.transport = RecordingTransport()
+    for _ in range(100):
+        writer.queue(b"x" * 1000)
+    assert writer.transport.writes == []
+    writer.flush()
+    assert writer.transport.writes == [b"x" * 100_000]
+

@@ -2,7 +2,9 @@
 
 On loopback a socket write costs more than the bytes it carries (the kernel delivers the data to
 the peer inside the writer's system call), so everything a connection produces in one pass of
-the event loop goes out in one write at the end of that pass.
+the event loop goes out in one write at the end of that pass; or, with ``flush_bytes``, as soon as
+that much is queued, so that the peer can start on the first replies of a large batch (pages of
+messages) while the rest are being made.
 """
 
 from __future__ import annotations
@@ -35,11 +37,14 @@ class FlushGroup:
 
 
 class CoalescingWriter:
-    def __init__(self, group: FlushGroup | None = None) -> None:
-        """Made in a running event loop (a protocol's constructor): the one its writes go through."""
+    def __init__(self, group: FlushGroup | None = None, flush_bytes: int = 0) -> None:
+        """Made in a running event loop (a protocol's constructor): the one its writes go through.
+        ``flush_bytes``: ``queue`` writes at once when this much is queued (0: never)."""
         self._loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self._out: list[bytes] = []
+        self._queued = 0  # bytes in _out, counted by queue
+        self._flush_bytes = flush_bytes
         self._flush_scheduled = False
         self._group = group
 
@@ -48,8 +53,13 @@ class CoalescingWriter:
         self.flush_soon()
 
     def queue(self, data: bytes) -> None:
-        """Add ``data`` to the next write, without scheduling it (``flush`` or ``flush_soon``)."""
+        """Add ``data`` to the next write, without scheduling it (``flush`` or ``flush_soon``);
+        write at once if ``flush_bytes`` are queued."""
         self._out.append(data)
+        if self._flush_bytes:
+            self._queued += len(data)
+            if self._queued >= self._flush_bytes:
+                self.flush()
 
     def flush_soon(self) -> None:
         """Write what is queued at the end of this loop pass."""
@@ -62,6 +72,7 @@ class CoalescingWriter:
 
     def flush(self) -> None:
         self._flush_scheduled = False
+        self._queued = 0
         if not self._out:
             return
         data = self._out[0] if len(self._out) == 1 else b"".join(self._out)

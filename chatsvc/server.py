@@ -33,7 +33,7 @@ class ServerLimits:
     max_pipeline: int = 64
     idle_timeout: float = 600.0
     read_timeout: float = 10.0  # a message started must be complete within this
-    flush_bytes: int = 8192  # replies queued in one loop pass are written once this many are (0: never)
+    flush_bytes: int = 8192  # write queued replies once this many bytes are (0: only at the end of a loop pass)
 
 
 class Reply:

@@ -32,6 +32,11 @@ async def test_calls_spread_over_every_instance(two_chatsvc):
         assert all(inst.client._conns for inst in client.instances)  # both carried calls
         page = await client.pull("a:b", 0, 100)
         assert len(page.Messages) == 100 and page.HasMore
+        # pull_page's one-pass reader goes through the balancer too: the same page, as dicts.
+        fast = await client.pull_page("a:b", 0, 100)
+        assert fast.code == 0 and fast.has_more and fast.next_cursor == page.NextCursor
+        assert fast.messages == [{"chat": m.Chat, "text": m.Text, "sender": m.Sender, "send_time": m.SendTime}
+                                 for m in page.Messages]
 
 
 async def test_killed_instance_is_taken_out_and_probed_back(logdir, redis_url, two_chatsvc):

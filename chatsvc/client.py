@@ -30,7 +30,7 @@ from thriftpy2.thrift import TApplicationException
 from chatsvc.settings import WireLimits
 from chatsvc.wire import codec, framing, pages
 from chatsvc.wire.framing import Transport
-from chatsvc.wire.idl import IMService, Message, PullRequest, SendRequest
+from chatsvc.wire.idl import IMService, Message, PullRequest, SendRequest, SendResponse
 from chatsvc.wire.scan import ProtocolError, whole_message
 from chatsvc.wire.writer import CoalescingWriter
 
@@ -93,6 +93,20 @@ class ReplyReader(NamedTuple):
 
 
 PULL_PAGE = ReplyReader(pages.read_reply, pages.from_struct)
+
+# A successful Send's reply after its message header ("Send" and the seqid: 16 bytes), as chatsvc
+# writes every one of them: recognised by comparison, with no decoding.
+_SEND_OK_HEAD = 16
+_SEND_OK_BODY = codec.RESULT_SUCCESS + codec.encoded(SendResponse(Code=0, Msg="success")).data + b"\x00"
+
+
+def _read_send_ok(payload: bytes, limits: WireLimits) -> Any:
+    if payload[_SEND_OK_HEAD:] == _SEND_OK_BODY:
+        return SendResponse(Code=0, Msg="success")
+    return None
+
+
+SEND_OK = ReplyReader(_read_send_ok, lambda response: response)
 
 _seqids = itertools.count(1)
 
@@ -249,7 +263,7 @@ class IMServiceClient:
     async def send(self, chat: str, text: str, sender: str) -> Any:
         """IMService.Send; returns the SendResponse (check ``Code``). Never retried once sent."""
         req = SendRequest(message=Message(Chat=chat, Text=text, Sender=sender, SendTime=0))
-        return await self.call("Send", IMService.Send_args(req=req))
+        return await self.call("Send", IMService.Send_args(req=req), reader=SEND_OK)
 
     async def pull(self, chat: str, cursor: int = 0, limit: int = 10, reverse: bool = False) -> Any:
         """IMService.Pull; returns the PullResponse. Retried once on a fresh connection."""

@@ -14,10 +14,12 @@ from typing import Any
 from chatsvc.errors import OK, ChatError
 from chatsvc.service import ChatService, Page, parse_pull
 from chatsvc.wire import pages
-from chatsvc.wire.codec import Encoded
+from chatsvc.wire.codec import Encoded, encoded
 from chatsvc.wire.idl import PullResponse, SendResponse
 
 log = logging.getLogger("chatsvc.handler")
+
+SEND_OK = encoded(SendResponse(Code=OK, Msg="success"))  # every successful Send's reply, encoded once
 
 
 class IMServiceHandler:
@@ -33,7 +35,7 @@ class IMServiceHandler:
         except Exception as exc:  # noqa: BLE001 - every failure becomes an in-band Code
             code, msg = _error(exc)
             return SendResponse(Code=code, Msg=msg)
-        return SendResponse(Code=OK, Msg="success")
+        return SEND_OK
 
     async def Pull(self, req: Any) -> Any:  # noqa: N802 - the IDL's method name
         try:

@@ -222,3 +222,21 @@ async def test_a_framed_reply_cut_short_is_a_protocol_error_on_every_path(script
             with pytest.raises(RPCProtocolError, match="truncated|trailing"):
                 await call()
     assert script.connections == 3  # each broken connection was replaced
+
+
+async def test_a_send_reply_other_than_chatsvcs_usual_success_is_decoded(scripted):
+    """The usual success is recognised by its bytes; any other reply (another Msg, an error Code)
+    is decoded, never taken for it."""
+    answers = iter([SendResponse(Code=0, Msg="success"), SendResponse(Code=0, Msg="stored"),
+                    SendResponse(Code=503, Msg="storage unavailable"), SendResponse(Code=1, Msg="success")])
+
+    def reply(method: str, seqid: int) -> bytes:
+        result = IMService.Send_result(success=next(answers))
+        return framing.wrap(Transport.FRAMED, codec.encode(method, codec.REPLY, seqid, result))
+
+    _, port = await scripted(reply)
+    async with ChatClient("127.0.0.1", port, call_timeout=2) as client:
+        got = [await client.send("a:b", "x", "a") for _ in range(4)]
+    assert [(r.Code, r.Msg) for r in got] == [(0, "success"), (0, "stored"), (503, "storage unavailable"),
+                                              (1, "success")]
+

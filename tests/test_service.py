@@ -507,14 +507,21 @@ def check_send_reply(reply, code: int) -> None:
         assert reply.Msg == "success"
 
 
+def as_struct(method: str, reply):
+    """A handler's reply as a client decodes it: an already encoded one goes through the wire."""
+    if not isinstance(reply, codec.Encoded):
+        return reply
+    decoded = getattr(idl.IMService, method + "_result")()
+    codec.decode_body(codec.encode_reply(method, 1, reply), decoded)
+    return decoded.success
+
+
+async def call_send(handler: IMServiceHandler, req):
+    return as_struct("Send", await handler.Send(req))
+
+
 async def call_pull(handler: IMServiceHandler, req):
-    """``handler.Pull``'s reply as a client decodes it: a page comes back already encoded."""
-    reply = await handler.Pull(req)
-    if isinstance(reply, codec.Encoded):
-        decoded = idl.IMService.Pull_result()
-        codec.decode_body(codec.encode_reply("Pull", 1, reply), decoded)
-        return decoded.success
-    return reply
+    return as_struct("Pull", await handler.Pull(req))
 
 
 def check_pull_reply(reply, code: int) -> None:
@@ -541,7 +548,7 @@ def handler(store) -> IMServiceHandler:
 
 
 async def test_handler_send_ok_ignores_client_send_time(handler, store):
-    reply = await handler.Send(send_req("b:a", "hello", "b", send_time=42))
+    reply = await call_send(handler, send_req("b:a", "hello", "b", send_time=42))
     check_send_reply(reply, 0)
     [stored] = store.chats["a:b"]
     assert stored.sender == "b" and stored.text == "hello" and stored.send_time != 42
@@ -561,7 +568,7 @@ async def test_handler_send_ok_ignores_client_send_time(handler, store):
     ],
 )
 async def test_handler_send_invalid_is_in_band_400(handler, store, req, prefix):
-    reply = await handler.Send(req)
+    reply = await call_send(handler, req)
     check_send_reply(reply, 400)
     assert reply.Msg.startswith(prefix), reply.Msg
     assert store.appends == []
@@ -569,7 +576,7 @@ async def test_handler_send_invalid_is_in_band_400(handler, store, req, prefix):
 
 async def test_handler_pull_ok(handler, store):
     for chat, text, sender in (("b:a", "one", "a"), ("a:b", "two", "b"), ("a:b", "three", "a")):
-        check_send_reply(await handler.Send(send_req(chat, text, sender)), 0)
+        check_send_reply(await call_send(handler, send_req(chat, text, sender)), 0)
     t1, t2, t3 = (m.send_time for m in store.chats["a:b"])
     reply = await call_pull(handler, idl.PullRequest(Chat="b:a", Cursor=0, Limit=2, Reverse=None))
     check_pull_reply(reply, 0)
@@ -617,7 +624,7 @@ async def test_handler_pull_invalid_is_in_band_400(handler, req, prefix):
 )
 async def test_handler_storage_failures(exc, code, msg, caplog):
     handler = IMServiceHandler(ChatService(FailingStorage(exc), LIMITS))
-    send = await handler.Send(send_req())
+    send = await call_send(handler, send_req())
     check_send_reply(send, code)
     assert send.Msg == msg
     pulled = await call_pull(handler, idl.PullRequest(Chat="a:b", Cursor=0, Limit=10, Reverse=True))
@@ -628,7 +635,7 @@ async def test_handler_storage_failures(exc, code, msg, caplog):
 
 
 async def test_handler_send_reply_encodes_every_required_field(handler):
-    for reply in (await handler.Send(send_req()), await handler.Send(None)):
+    for reply in (await call_send(handler, send_req()), await call_send(handler, None)):
         decoded = idl.IMService.Send_result()
         codec.decode_body(codec.encode("Send", codec.REPLY, 1, idl.IMService.Send_result(success=reply)), decoded)
         assert decoded.success.Code is not None and decoded.success.Msg is not None

@@ -35,6 +35,13 @@ class Encoded(NamedTuple):
     data: bytes
 
 
+def encoded(struct: Any) -> Encoded:
+    """``struct`` in thriftpy2's binary encoding, for a reply that is always the same."""
+    buf = _Buffer()
+    _Protocol(buf).write_struct(struct)
+    return Encoded(buf.getvalue())
+
+
 def encode_reply(name: str, seqid: int, result: Encoded) -> bytes:
     """A REPLY whose result struct's ``success`` is ``result``: what ``encode`` writes for it."""
     raw = name.encode()

@@ -30,7 +30,8 @@ RESULT_SUCCESS = b"\x0c\x00\x00"  # field 0 ("success", a struct) of a method's 
 
 
 class Encoded(NamedTuple):
-    """A handler's result struct already in its binary encoding (``wire.pages``), written as is."""
+    """A handler's result struct already in its binary encoding (a page from ``wire.pages``, or a
+    reply made once with ``encoded``), written as is."""
 
     data: bytes
 

@@ -348,7 +348,7 @@ class ChatClient(IMServiceClient):
         finally:
             self.outstanding -= 1
 
-    async def _call_once(self, method: str, args: Any, reader: ReplyReader | None = None) -> Any:
+    async def _call_once(self, method: str, args: Any, reader: ReplyReader | None) -> Any:
         deadline = self.loop.time() + self.settings.call_timeout
         try:
             if self._slots.locked():  # every slot busy: wait, within the call's time

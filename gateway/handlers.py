@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import orjson
 
@@ -35,7 +35,7 @@ async def send(gw: Gateway, request: Request, identity: auth.Identity | None) ->
         reply = await gw.client.send(data.chat, data.text, data.sender)
     except RPCError as exc:
         raise from_rpc(exc) from exc
-    _check(reply)
+    _check(reply.Code, reply.Msg)
     return SUCCESS
 
 
@@ -47,13 +47,12 @@ async def pull(gw: Gateway, request: Request, identity: auth.Identity | None) ->
         page = await gw.client.pull_page(data.chat, data.cursor, data.limit, data.reverse)
     except RPCError as exc:
         raise from_rpc(exc) from exc
-    if page.code != errors.OK:
-        raise errors.from_code(page.code or 500, page.msg)
+    _check(page.code, page.msg)
     return Response(200, orjson.dumps({"messages": page.messages, "has_more": page.has_more,
                                        "next_cursor": page.next_cursor}))
 
 
-def _check(reply: Any) -> None:
-    """Raise the domain error for a non-zero in-band Code."""
-    if reply.Code != errors.OK:
-        raise errors.from_code(reply.Code or 500, reply.Msg or "")
+def _check(code: int | None, msg: str | None) -> None:
+    """Raise the domain error for a non-zero in-band Code (a missing one counts as 500)."""
+    if code != errors.OK:
+        raise errors.from_code(code or 500, msg or "")

@@ -33,9 +33,7 @@ T_BOOL, T_I32, T_I64, T_STRING, T_STRUCT, T_LIST = 2, 8, 10, 11, 12, 15
 _FIELD = Struct(">bhi")  # a field's type and id, then an i32: a string's length, or the value
 _TIME_TEXT = Struct(">bhqbhi")  # Message.SendTime (field 4), then the header of Text (field 2)
 _LIST = Struct(">bhbi")  # PullResponse.Messages (field 3): field header, element type, count
-_TAIL = Struct(">bh?bhqbb")  # HasMore (4), NextCursor (5), PullResponse's stop, the result's stop
-_HAS_MORE = Struct(">bh?")
-_NEXT_CURSOR = Struct(">bhq")
+_END = Struct(">bh?bhqb")  # HasMore (4), NextCursor (5) and PullResponse's stop
 
 OK_MSG = "success"
 # Code 0 and Msg "success": the start of every successful PullResponse.
@@ -68,7 +66,7 @@ def write_response(chat: str, rows: Sequence[tuple[int, bytes, bytes]], has_more
         if tail is None:
             tail = tails[sender] = _FIELD.pack(T_STRING, 3, len(sender)) + sender + chat_and_stop
         extend((time_text(T_I64, 4, send_time, T_STRING, 2, len(text)), text, tail))
-    parts.append(_HAS_MORE.pack(T_BOOL, 4, has_more) + _NEXT_CURSOR.pack(T_I64, 5, next_cursor) + b"\x00")
+    parts.append(_END.pack(T_BOOL, 4, has_more, T_I64, 5, next_cursor, 0))
     return b"".join(parts)
 
 
@@ -127,9 +125,10 @@ def _read_result(buf: bytes, pos: int, limits: WireLimits) -> PullPage | None:
             chat = str(buf[pos + 7 : pos + 7 + n], "utf-8")
         pos += len(chat_and_stop)
         append({"chat": chat, "text": text, "sender": sender, "send_time": send_time})
-    more_type, more_id, has_more, next_type, next_id, next_cursor, stop, result_stop = _TAIL.unpack_from(buf, pos)
-    if (more_type != T_BOOL or more_id != 4 or next_type != T_I64 or next_id != 5 or stop or result_stop
-            or pos + _TAIL.size != len(buf)):
+    more_type, more_id, has_more, next_type, next_id, next_cursor, stop = _END.unpack_from(buf, pos)
+    pos += _END.size  # then the result struct's stop, the message's last byte
+    if (more_type != T_BOOL or more_id != 4 or next_type != T_I64 or next_id != 5 or stop
+            or pos + 1 != len(buf) or buf[pos]):
         return None
     return PullPage(code, msg, messages, has_more, next_cursor)
 

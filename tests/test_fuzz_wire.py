@@ -20,7 +20,7 @@ from chatsvc.settings import WireLimits
 from chatsvc.wire import codec, framing
 from chatsvc.wire.framing import Transport
 from chatsvc.wire.idl import IMService, Message, PullRequest, SendRequest
-from chatsvc.wire.scan import ProtocolError
+from chatsvc.wire.scan import MAX_NAME_BYTES, ProtocolError
 
 LIMITS = WireLimits(max_frame_bytes=1 << 20, max_string_bytes=1 << 20, max_container_items=10_000)
 
@@ -91,6 +91,45 @@ def test_frame_reader_returns_whole_frames_or_raises_protocol_error(data, chunk)
         except ProtocolError:
             pass  # well-formed framing around a body thriftpy2 rejects: the server answers PROTOCOL_ERROR
     assert reader.buffered <= LIMITS.max_frame_bytes + LIMITS.max_header_bytes
+
+
+def _read_all(reader: framing.FrameReader, data: bytes, chunk: int) -> tuple[list, str | None]:
+    frames: list = []
+    try:
+        for i in range(0, len(data), chunk):
+            frames += reader.feed(data[i : i + chunk])
+    except ProtocolError as exc:
+        return frames, str(exc)
+    return frames, None if reader.error is None else str(reader.error)
+
+
+@st.composite
+def framed_calls(draw: st.DrawFn) -> bytes:
+    """Framed calls, one of them with its method name's length set to anything near its size."""
+    payloads = draw(st.lists(st.sampled_from(PAYLOADS), min_size=1, max_size=4))
+    frames = [framing.wrap(Transport.FRAMED, p) for p in payloads]
+    i = draw(st.integers(0, len(frames) - 1))
+    n = draw(st.integers(-2, len(frames[i])))
+    frames[i] = frames[i][:8] + struct.pack(">i", n) + frames[i][12:]
+    if draw(st.booleans()):  # a call with a method name at, or just over, the longest allowed
+        n = draw(st.sampled_from([MAX_NAME_BYTES, MAX_NAME_BYTES + 1]))
+        frames.append(framing.wrap(Transport.FRAMED, struct.pack(">Ii", 0x80010001, n) + b"m" * n + b"\0" * 5))
+    return b"".join(frames)
+
+
+@settings(max_examples=2000, deadline=None, derandomize=True)
+@given(data=st.one_of(hostile_inputs(), framed_calls()), more=st.lists(st.sampled_from(PAYLOADS), max_size=3),
+       chunk=st.integers(1, 300), max_frame=st.sampled_from([1 << 20, 40, 64]))
+def test_framed_fast_path_reads_as_the_general_path(data, more, chunk, max_frame):
+    """A reader that does not walk cuts framed messages with one unpack (``_framed``): its frames,
+    transport and errors must be exactly those of the general path, on any input and chunking."""
+    data += b"".join(framing.wrap(Transport.FRAMED, p) for p in more)
+    limits = WireLimits(max_frame_bytes=max_frame, max_string_bytes=1 << 20)
+    fast = framing.FrameReader(limits, walk=False)
+    general = framing.FrameReader(limits, walk=False)
+    general._framed = lambda buf, pos: None  # type: ignore[method-assign]
+    assert _read_all(fast, data, chunk) == _read_all(general, data, chunk)
+    assert fast.last_transport == general.last_transport and fast.buffered == general.buffered
 
 
 def rss_kib(pid: int) -> int:

@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 from chatsvc.settings import WireLimits
 from chatsvc.wire.scan import (
+    MAX_NAME_BYTES,
     VERSION_1,
     VERSION_MASK,
     Incomplete,
@@ -28,6 +29,9 @@ _U16 = Struct(">H")
 _U32 = Struct(">I")
 _TWO_U32 = Struct(">II")
 _TTHEADER_FIXED = Struct(">IHHiH")  # length, magic, flags, seqid, header size in words
+_FRAMED_HEAD = Struct(">IIi")  # a framed message's frame size, version word and method name length
+_I32 = Struct(">i")
+_new_tuple = tuple.__new__  # a NamedTuple from a tuple of its fields, without its Python __new__
 
 TTHEADER_MAGIC = 0x1000
 HTTP2_PREFACE = b"PRI * HT"
@@ -153,7 +157,11 @@ class FrameReader:
         pos = 0
         try:
             while len(buf) - pos >= 8:
-                frame, pos = self._next(buf, pos)
+                cut = None if self._walk else self._framed(buf, pos)
+                if cut is None:
+                    frame, pos = self._next(buf, pos)
+                else:
+                    frame, pos = cut
                 frames.append(frame)
                 self.frames_read += 1
             self._need = 0
@@ -177,6 +185,27 @@ class FrameReader:
             start, end = self._frame_bounds(buf, pos, len(buf))
             return Frame(transport, *self._whole_message(buf, start, end)), end
         return self._ttheader(buf, pos)
+
+    def _framed(self, buf: bytes | bytearray, pos: int) -> tuple[Frame, int] | None:
+        """The usual message, when not walking: a whole framed message, read with one unpack and
+        no Frame or MessageHead constructor call. None for anything else (or anything wrong), which
+        ``_next`` then reads, or refuses with the right error."""
+        if len(buf) - pos < 12:
+            return None
+        size, word, n = _FRAMED_HEAD.unpack_from(buf, pos)
+        end = pos + 4 + size
+        # size <= max_frame_bytes (< 256 MiB) rules out an unframed message and the HTTP/2
+        # preface at pos; the version word rules out a TTHeader.
+        if (word & VERSION_MASK != VERSION_1 or size > self._limits.max_frame_bytes or end > len(buf)
+                or not 0 <= n <= MAX_NAME_BYTES or pos + 16 + n > end):
+            return None
+        try:
+            name = buf[pos + 12 : pos + 12 + n].decode()
+        except UnicodeDecodeError:
+            return None
+        head = _new_tuple(MessageHead, (name, word & 0xFF, _I32.unpack_from(buf, pos + 12 + n)[0]))
+        self.last_transport = Transport.FRAMED
+        return _new_tuple(Frame, (Transport.FRAMED, bytes(buf[pos + 4 : end]), head, None)), end
 
     def _frame_bounds(self, buf: bytes | bytearray, pos: int, limit: int) -> tuple[int, int]:
         if pos + 4 > limit:

@@ -91,7 +91,7 @@ def _read_result(buf: bytes, pos: int, limits: WireLimits) -> PullPage | None:
     if ftype != T_STRING or fid != 2 or not 0 <= n <= max_string:
         return None
     pos += 17
-    msg = str(buf[pos : pos + n], "utf-8")
+    msg = buf[pos : pos + n].decode()
     pos += n
     ftype, fid, etype, count = _LIST.unpack_from(buf, pos)
     if ftype != T_LIST or fid != 3 or etype != T_STRUCT or not 0 <= count <= limits.max_container_items:
@@ -110,19 +110,19 @@ def _read_result(buf: bytes, pos: int, limits: WireLimits) -> PullPage | None:
             return None
         start = pos + 18
         pos = start + n
-        text = str(buf[start:pos], "utf-8")
+        text = buf[start:pos].decode()
         ftype, fid, n = field(buf, pos)
         if ftype != T_STRING or fid != 3 or not 0 <= n <= max_string:
             return None
         start = pos + 7
         pos = start + n
-        sender = str(buf[start:pos], "utf-8")
+        sender = buf[start:pos].decode()
         if not chat_and_stop or buf[pos : pos + len(chat_and_stop)] != chat_and_stop:
             ftype, fid, n = field(buf, pos)
             if ftype != T_STRING or fid != 1 or not 0 <= n <= max_string or buf[pos + 7 + n] != 0:
                 return None
             chat_and_stop = buf[pos : pos + 8 + n]
-            chat = str(buf[pos + 7 : pos + 7 + n], "utf-8")
+            chat = buf[pos + 7 : pos + 7 + n].decode()
         pos += len(chat_and_stop)
         append({"chat": chat, "text": text, "sender": sender, "send_time": send_time})
     more_type, more_id, has_more, next_type, next_id, next_cursor, stop = _END.unpack_from(buf, pos)

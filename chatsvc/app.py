@@ -8,7 +8,7 @@ import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from chatsvc.handler import IMServiceHandler
+from chatsvc.handler import ARGS_READERS, IMServiceHandler
 from chatsvc.server import ServerLimits, ThriftServer
 from chatsvc.service import ChatService
 from chatsvc.settings import ChatsvcSettings
@@ -34,7 +34,7 @@ async def running(settings: ChatsvcSettings) -> AsyncIterator[ThriftServer]:
     handler = IMServiceHandler(ChatService(storage, settings.limits))
     limits = ServerLimits(settings.wire_limits, settings.max_connections, settings.max_pipeline,
                           settings.idle_timeout, settings.read_timeout, settings.flush_bytes)
-    server = ThriftServer(IMService, handler, limits)
+    server = ThriftServer(IMService, handler, limits, readers=ARGS_READERS)
     try:
         await server.start(settings.host, settings.port)
         if not await storage.ping():

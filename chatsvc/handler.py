@@ -13,13 +13,16 @@ from typing import Any
 
 from chatsvc.errors import OK, ChatError
 from chatsvc.service import ChatService, Page, parse_pull
-from chatsvc.wire import pages
+from chatsvc.wire import pages, sends
 from chatsvc.wire.codec import Encoded, encoded
 from chatsvc.wire.idl import PullResponse, SendResponse
 
 log = logging.getLogger("chatsvc.handler")
 
 SEND_OK = encoded(SendResponse(Code=OK, Msg="success"))  # every successful Send's reply, encoded once
+# Calls the server reads in one pass (ThriftServer's readers); a Send's ``req`` is then a
+# ``sends.SentRequest``, with the same attributes as the IDL's SendRequest.
+ARGS_READERS = {"Send": sends.read_args}
 
 
 class IMServiceHandler:

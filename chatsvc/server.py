@@ -1,7 +1,8 @@
 """A Thrift server on ``asyncio.Protocol``: any transport Kitex speaks, many calls per connection.
 
-Each connection cuts its byte stream into whole messages (``wire.framing``), decodes each one
-with thriftpy2's Cython codec and runs the handler. Calls that arrive back to back on one
+Each connection cuts its byte stream into whole messages (``wire.framing``), decodes each one as
+it is read (with a method's one-pass reader if it has one, else thriftpy2's Cython codec) and runs
+the handler. Calls that arrive back to back on one
 connection run concurrently (up to ``max_pipeline``), but their replies are written in the order
 the calls came, each in the framing of its call.
 """
@@ -12,6 +13,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +22,7 @@ from thriftpy2.thrift import TApplicationException
 from chatsvc.settings import WireLimits
 from chatsvc.wire import codec, framing
 from chatsvc.wire.framing import Frame, Header, Transport
-from chatsvc.wire.scan import ProtocolError
+from chatsvc.wire.scan import ProtocolError, whole_message
 from chatsvc.wire.writer import CoalescingWriter, FlushGroup
 
 log = logging.getLogger("chatsvc.server")
@@ -46,28 +48,39 @@ class Reply:
         self.close = close
 
 
+# Reads a call's arguments in one pass (``wire.sends.read_args``): from the whole message and where
+# its args struct starts, an object with the args struct's attributes, or None for a call it does
+# not take (it must then have trusted nothing in it; the call is checked and decoded as any other).
+ArgsReader = Callable[[bytes, int, WireLimits], Any]
+
+
 class _Method:
     """What the server needs to run one of the service's methods, looked up once."""
 
-    __slots__ = ("args", "result", "arg_names")
+    __slots__ = ("args", "result", "arg_names", "read", "body")
 
-    def __init__(self, service: Any, name: str) -> None:
+    def __init__(self, service: Any, name: str, read: ArgsReader | None) -> None:
         self.args = getattr(service, name + "_args")
         self.result = getattr(service, name + "_result")
         self.arg_names = [spec[1] for spec in self.args.thrift_spec.values()]
+        self.read = read
+        self.body = 12 + len(name.encode())  # where a call's args start: version, name, seqid
 
 
 class ThriftServer:
-    """Serves ``service`` (a thriftpy2 service) with ``handler`` (async methods named as the IDL's)."""
+    """Serves ``service`` (a thriftpy2 service) with ``handler`` (async methods named as the IDL's);
+    ``readers``: one-pass readers of some methods' calls (see ArgsReader)."""
 
-    def __init__(self, service: Any, handler: Any, limits: ServerLimits) -> None:
+    def __init__(self, service: Any, handler: Any, limits: ServerLimits,
+                 readers: Mapping[str, ArgsReader] | None = None) -> None:
         self.service = service
         self.handler = handler
         self.limits = limits
         self.connections: set[_Connection] = set()
         self.stopping = False
         self._server: asyncio.Server | None = None
-        self._methods = {name: _Method(service, name) for name in service.thrift_services}
+        readers = readers or {}
+        self._methods = {name: _Method(service, name, readers.get(name)) for name in service.thrift_services}
         self.flushes = FlushGroup()  # every connection's replies of one loop pass, then one flush
         self._codec = codec.Codec()
 
@@ -104,23 +117,38 @@ class ThriftServer:
         if self._server is not None:
             await self._server.wait_closed()
 
-    async def call(self, frame: Frame) -> Reply:
-        """Run one complete message; returns the bytes to write back."""
+    def decode(self, frame: Frame) -> list[Any] | Reply:
+        """A call's arguments, or the Reply that refuses it (not a call, an unknown method).
+
+        Raises:
+            ProtocolError: the message is not whole and valid; the connection answers
+                PROTOCOL_ERROR and closes.
+        """
         head = frame.head
+        method = self._methods.get(head.name)
+        if method is not None and method.read is not None and head.mtype == codec.CALL:
+            args = method.read(frame.payload, method.body, self.limits.wire)
+            if args is not None:
+                return [getattr(args, name) for name in method.arg_names]
+        if frame.transport is not Transport.BUFFERED:  # the reader walks only unframed messages
+            whole_message(frame.payload, 0, len(frame.payload), self.limits.wire)
         if head.mtype != codec.CALL:
             return self._exception(frame, head.name, head.seqid, "invalid message type",
                                    TApplicationException.INVALID_MESSAGE_TYPE, close=True)
-        method = self._methods.get(head.name)
         if method is None:
             return self._exception(frame, head.name, head.seqid, f"unknown method {head.name}",
                                    TApplicationException.UNKNOWN_METHOD)
         args = method.args()
         self._codec.decode_body(frame.payload, args)
+        return [getattr(args, name) for name in method.arg_names]
+
+    async def call(self, frame: Frame, call_args: list[Any]) -> Reply:
+        """Run one decoded call; returns the bytes to write back."""
+        head = frame.head
         header = frame.header
         if header is not None and log.isEnabledFor(logging.DEBUG):
             _log_header(head.name, header)
         handle = getattr(self.handler, head.name)
-        call_args = [getattr(args, name) for name in method.arg_names]
         deadline = None if header is None else _deadline(header)
         try:
             if deadline is None:
@@ -138,7 +166,8 @@ class ThriftServer:
         if type(result) is codec.Encoded:  # a handler's reply already encoded (wire.pages)
             payload = codec.encode_reply(head.name, head.seqid, result)
         else:
-            payload = self._codec.encode(head.name, codec.REPLY, head.seqid, method.result(success=result))
+            result_struct = self._methods[head.name].result(success=result)
+            payload = self._codec.encode(head.name, codec.REPLY, head.seqid, result_struct)
         return Reply(_wrap(frame, payload, reply_type="2"))
 
     def _exception(self, frame: Frame, name: str, seqid: int, message: str, kind: int,
@@ -188,10 +217,12 @@ class _Connection(CoalescingWriter, asyncio.Protocol):
         super().__init__(server.flushes, server.limits.flush_bytes)
         self.server = server
         self._loop = asyncio.get_running_loop()
-        self.reader = framing.FrameReader(server.limits.wire)
+        # Framed messages are not walked as they are read: ThriftServer.decode reads or checks each.
+        self.reader = framing.FrameReader(server.limits.wire, walk=False)
         self.tasks: set[asyncio.Task[None]] = set()  # calls running (at most max_pipeline)
         self._slots: deque[_Slot] = deque()  # calls whose replies are not written yet, in order
-        self._waiting: deque[tuple[Frame, _Slot]] = deque()  # calls over max_pipeline, not started
+        # calls over max_pipeline, not started: the message, its arguments, its place
+        self._waiting: deque[tuple[Frame, list[Any], _Slot]] = deque()
         self._paused = False
         self._closing = False
         self._last_active = time.monotonic()
@@ -250,7 +281,8 @@ class _Connection(CoalescingWriter, asyncio.Protocol):
             self._fail(exc)
             return
         for frame in frames:
-            self._dispatch(frame)
+            if not self._dispatch(frame):
+                return
         if reader.error is not None:
             self._fail(reader.error)
         elif reader.buffered:
@@ -266,7 +298,7 @@ class _Connection(CoalescingWriter, asyncio.Protocol):
         self._partial = None
         if self.reader.buffered and self.reader.frames_read == frames_read and not self._closing:
             log.info("closing connection: message incomplete after %ss", self.server.limits.read_timeout)
-            self._waiting.clear()
+            self._drop_waiting()
             self._slots.append(_Slot(Reply(b"", close=True)))
             self._closing = True
             self._emit_ready()
@@ -274,38 +306,57 @@ class _Connection(CoalescingWriter, asyncio.Protocol):
             self._partial = asyncio.get_running_loop().call_later(
                 self.server.limits.read_timeout, self._read_timed_out, self.reader.frames_read)
 
-    def _fail(self, exc: ProtocolError) -> None:
+    def _fail(self, exc: ProtocolError, transport: Transport | None = None) -> None:
         """Answer a broken stream with PROTOCOL_ERROR (unless it is not Thrift at all), then close."""
         log.info("closing connection: %s", exc)
         data = b"" if isinstance(exc, framing.Refused) else self.server.protocol_error(
-            self.reader.last_transport, str(exc))
-        self._waiting.clear()
+            transport or self.reader.last_transport, str(exc))
+        self._drop_waiting()
         self._slots.append(_Slot(Reply(data, close=True)))
         self._closing = True  # read nothing more; write what is owed, then close
         self._emit_ready()
 
-    def _dispatch(self, frame: Frame) -> None:
+    def _drop_waiting(self) -> None:
+        """Never start the calls waiting for a place in the pipeline (the connection is closing):
+        their places in the reply order are passed over, so that the replies owed before them
+        and the last one still go out."""
+        for _, _, slot in self._waiting:
+            slot.reply = Reply(b"")
+        self._waiting.clear()
+
+    def _dispatch(self, frame: Frame) -> bool:
+        """Decode ``frame`` and start its call; False if the connection is closing after it."""
+        try:
+            call = self.server.decode(frame)
+        except ProtocolError as exc:
+            self._fail(exc, frame.transport)
+            return False
+        if type(call) is Reply:  # refused without running: its place in the order is kept
+            if call.close:
+                self._drop_waiting()
+                self._closing = True
+            self._slots.append(_Slot(call))
+            self._emit_ready()
+            return not self._closing
+        assert type(call) is list
         slot = _Slot()
         self._slots.append(slot)
         if len(self.tasks) < self.server.limits.max_pipeline:
-            self._start(frame, slot)
-            return
-        self._waiting.append((frame, slot))
+            self._start(frame, call, slot)
+            return True
+        self._waiting.append((frame, call, slot))
         if not self._paused and self.transport is not None:
             self._paused = True
             self.transport.pause_reading()
+        return True
 
-    def _start(self, frame: Frame, slot: _Slot) -> None:
-        slot.task = task = self._loop.create_task(self._serve(frame, slot))
+    def _start(self, frame: Frame, call_args: list[Any], slot: _Slot) -> None:
+        slot.task = task = self._loop.create_task(self._serve(frame, call_args, slot))
         self.tasks.add(task)
 
-    async def _serve(self, frame: Frame, slot: _Slot) -> None:
+    async def _serve(self, frame: Frame, call_args: list[Any], slot: _Slot) -> None:
         try:
-            try:
-                slot.reply = await self.server.call(frame)
-            except ProtocolError as exc:
-                log.info("undecodable message: %s", exc)
-                slot.reply = Reply(self.server.protocol_error(frame.transport, str(exc)), close=True)
+            slot.reply = await self.server.call(frame, call_args)
             self._emit_ready()
         finally:
             # The call's place in the pipeline is freed as it ends, rather than in a done callback,

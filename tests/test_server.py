@@ -16,6 +16,7 @@ import pytest
 from thriftpy2.thrift import TApplicationException
 
 from chatsvc.app import running
+from chatsvc.handler import ARGS_READERS
 from chatsvc.server import ServerLimits, ThriftServer
 from chatsvc.settings import ChatsvcSettings, WireLimits
 from chatsvc.wire import codec, idl
@@ -132,7 +133,7 @@ class Client:
 
 async def start_server(handler, **limits) -> tuple[ThriftServer, int]:
     wire = limits.pop("wire", WireLimits())
-    server = ThriftServer(idl.IMService, handler, ServerLimits(wire, **limits))
+    server = ThriftServer(idl.IMService, handler, ServerLimits(wire, **limits), readers=ARGS_READERS)
     await server.start("127.0.0.1", 0)
     return server, server.sockets[0].getsockname()[1]
 
@@ -301,6 +302,52 @@ async def test_protocol_error_after_good_calls_answers_them_first(served, double
     await client.close()
 
 
+async def test_calls_after_a_protocol_error_are_never_run(served, double):
+    """A call is decoded as it is read: one that follows a broken message in the same write is
+    not run (it would store a message that no reply acknowledges)."""
+    _, port = served
+    client = await Client.connect(port)
+    client.write(send_call("before", 1) + struct.pack(">I", 64) + A + b"\x00" + send_call("after", 2))
+    assert (await client.reply())[2] == 1
+    assert (await client.reply())[3].type == TApplicationException.PROTOCOL_ERROR
+    assert await client.eof()
+    assert double.started == ["before"]
+    await client.close()
+
+
+async def test_protocol_error_while_calls_wait_for_the_pipeline(double):
+    """Calls waiting for a place (max_pipeline) when the stream breaks are never run; the calls
+    running are answered, then PROTOCOL_ERROR, then the connection closes."""
+    server, port = await start_server(double, max_pipeline=1)
+    try:
+        double.gates["first"] = asyncio.Event()
+        client = await Client.connect(port)
+        client.write(send_call("first", 1) + send_call("waiting", 2) + struct.pack(">I", 64) + A + b"\x00")
+        await double.any_started.wait()
+        await asyncio.sleep(0.05)
+        double.gates["first"].set()
+        assert (await client.reply())[2] == 1
+        assert (await client.reply())[3].type == TApplicationException.PROTOCOL_ERROR
+        assert await client.eof()
+        assert double.started == ["first"]
+        await client.close()
+    finally:
+        await server.close(1.0)
+
+
+async def test_a_send_call_in_another_layout_is_decoded_by_thriftpy2(served, double):
+    """The one-pass reader takes the layouts Thrift clients write; any other valid call (here a
+    Message field from a newer IDL) is checked and decoded the general way, as before."""
+    _, port = served
+    client = await Client.connect(port)
+    payload = codec.encode("Send", codec.CALL, 4, idl.IMService.Send_args(
+        req=idl.SendRequest(message=idl.Message(Chat="a:b", Text="newer", Sender="a", SendTime=0))))
+    payload = payload[:-3] + struct.pack(">bhi", 11, 9, 1) + b"z" + b"\x00\x00\x00"
+    client.write(wrap(Transport.FRAMED, payload))
+    assert (await client.reply())[3].Msg == "done newer"
+    await client.close()
+
+
 async def test_oversized_declared_frame_is_rejected_at_once(double):
     server, port = await start_server(double, wire=WireLimits(max_frame_bytes=1000))
     try:
@@ -339,6 +386,18 @@ async def test_reply_or_exception_message_type_from_client_closes(served):
     _, mtype, seqid, exc = await client.reply()
     assert (mtype, seqid, exc.type) == (codec.EXCEPTION, 3, TApplicationException.INVALID_MESSAGE_TYPE)
     assert await client.eof()
+    await client.close()
+
+
+async def test_calls_after_a_message_that_closes_are_never_run(served, double):
+    _, port = served
+    client = await Client.connect(port)
+    reply = codec.encode("Send", codec.REPLY, 3, idl.IMService.Send_result(success=idl.SendResponse(Code=0, Msg="x")))
+    client.write(send_call("before", 1) + wrap(Transport.FRAMED, reply) + send_call("after", 2))
+    assert (await client.reply())[2] == 1
+    assert (await client.reply())[3].type == TApplicationException.INVALID_MESSAGE_TYPE
+    assert await client.eof()
+    assert double.started == ["before"]
     await client.close()
 
 
@@ -584,7 +643,7 @@ async def test_app_with_redis_down_answers_503():
 
 async def test_slow_sender_is_cut_by_the_read_timeout(double):
     """One byte a second keeps a connection busy but never completes a message: it is closed."""
-    server = ThriftServer(idl.IMService, double, ServerLimits(WireLimits(), read_timeout=0.5))
+    server = ThriftServer(idl.IMService, double, ServerLimits(WireLimits(), read_timeout=0.5), readers=ARGS_READERS)
     await server.start("127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:

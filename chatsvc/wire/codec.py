@@ -30,8 +30,8 @@ RESULT_SUCCESS = b"\x0c\x00\x00"  # field 0 ("success", a struct) of a method's 
 
 
 class Encoded(NamedTuple):
-    """A handler's result struct already in its binary encoding (a page from ``wire.pages``, or a
-    reply made once with ``encoded``), written as is."""
+    """A struct already in its binary encoding, written as is: a handler's result (a page from
+    ``wire.pages``, or a reply made once with ``encoded``), or a call's args (``wire.sends``)."""
 
     data: bytes
 
@@ -48,6 +48,12 @@ def encode_reply(name: str, seqid: int, result: Encoded) -> bytes:
     raw = name.encode()
     return b"".join((_MESSAGE_HEAD.pack(VERSION_1 | REPLY, len(raw)), raw, _I32.pack(seqid),
                      RESULT_SUCCESS, result.data, b"\x00"))
+
+
+def encode_call(name: str, seqid: int, args: Encoded) -> bytes:
+    """A CALL whose args struct is ``args``: what ``encode`` writes for it."""
+    raw = name.encode()
+    return b"".join((_MESSAGE_HEAD.pack(VERSION_1 | CALL, len(raw)), raw, _I32.pack(seqid), args.data))
 
 
 def encode(name: str, mtype: int, seqid: int, struct: Any) -> bytes:

@@ -28,7 +28,7 @@ from typing import Any, NamedTuple, Self
 from thriftpy2.thrift import TApplicationException
 
 from chatsvc.settings import WireLimits
-from chatsvc.wire import codec, framing, pages
+from chatsvc.wire import codec, framing, pages, sends
 from chatsvc.wire.framing import Transport
 from chatsvc.wire.idl import IMService, Message, PullRequest, SendRequest, SendResponse
 from chatsvc.wire.scan import ProtocolError, whole_message
@@ -146,7 +146,10 @@ class _Connection(CoalescingWriter, asyncio.Protocol):
         """Send one call; its future gets the reply's success value (read by ``reader`` if given),
         and fails with TimeoutError once ``deadline`` (loop time) passes."""
         seqid = _next_seqid()
-        payload = self._client.codec.encode(method, codec.CALL, seqid, args)  # may raise: nothing is held yet
+        if type(args) is codec.Encoded:  # args packed by the caller (wire.sends)
+            payload = codec.encode_call(method, seqid, args)
+        else:
+            payload = self._client.codec.encode(method, codec.CALL, seqid, args)  # may raise: nothing is held yet
         info = self._client.header_info(method)
         self.write_soon(framing.wrap(self._client.settings.transport, payload, seqid, info))
         fut: asyncio.Future[Any] = self._client.loop.create_future()
@@ -262,8 +265,7 @@ class IMServiceClient:
 
     async def send(self, chat: str, text: str, sender: str) -> Any:
         """IMService.Send; returns the SendResponse (check ``Code``). Never retried once sent."""
-        req = SendRequest(message=Message(Chat=chat, Text=text, Sender=sender, SendTime=0))
-        return await self.call("Send", IMService.Send_args(req=req), reader=SEND_OK)
+        return await self.call("Send", _send_args(chat, text, sender), reader=SEND_OK)
 
     async def pull(self, chat: str, cursor: int = 0, limit: int = 10, reverse: bool = False) -> Any:
         """IMService.Pull; returns the PullResponse. Retried once on a fresh connection."""
@@ -276,6 +278,17 @@ class IMServiceClient:
         req = PullRequest(Chat=chat, Cursor=cursor, Limit=limit, Reverse=reverse)
         return await self.call("Pull", IMService.Pull_args(req=req), idempotent=True,  # type: ignore[no-any-return]
                                reader=PULL_PAGE)
+
+
+def _send_args(chat: str, text: str, sender: str) -> Any:
+    """Send's args packed by hand (wire.sends) in the usual case; else (None, another type, a str
+    with no UTF-8 form) a thriftpy2 struct, which thriftpy2 writes or refuses as it always has."""
+    if type(chat) is str and type(text) is str and type(sender) is str:
+        try:
+            return sends.write_args(chat, text, sender)
+        except UnicodeEncodeError:
+            pass
+    return IMService.Send_args(req=SendRequest(message=Message(Chat=chat, Text=text, Sender=sender, SendTime=0)))
 
 
 class ChatClient(IMServiceClient):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -48,19 +48,24 @@ PULL_FIELDS = Fields(Field("chat", str), Field("cursor", int, INT64), Field("lim
                      Field("reverse", bool))
 
 
-@dataclass(frozen=True)
-class SendInput:
+class SendInput(NamedTuple):
     chat: str = ""
     text: str = ""
     sender: str = ""
 
 
-@dataclass(frozen=True)
-class PullInput:
+class PullInput(NamedTuple):
     chat: str = ""
     cursor: int = 0
     limit: int = 0
     reverse: bool = False
+
+
+# The spellings of a request's keys that clients send (idl_http.proto's and the Go structs'): a
+# body with exactly these keys, of the right types, is bound without the general loop.
+_SEND_KEYS = (("Chat", "Text", "Sender"), ("chat", "text", "sender"))
+_PULL_KEYS = (("Chat", "Cursor", "Limit", "Reverse"), ("chat", "cursor", "limit", "reverse"))
+_new_tuple = tuple.__new__  # a NamedTuple from a tuple of its fields, without its Python __new__
 
 
 def parse_body(body: bytes) -> dict[str, Any]:
@@ -141,11 +146,24 @@ def query_values(query: Mapping[str, str], fields: Fields) -> dict[str, Any]:
 
 
 def bind_send(body: bytes) -> SendInput:
-    return SendInput(**bind(parse_body(body), SEND_FIELDS))
+    obj = parse_body(body)
+    if len(obj) == 3:  # the usual body: what bind gives for it, without its loop
+        for chat_key, text_key, sender_key in _SEND_KEYS:
+            chat, text, sender = obj.get(chat_key), obj.get(text_key), obj.get(sender_key)
+            if type(chat) is str and type(text) is str and type(sender) is str:
+                return _new_tuple(SendInput, (chat, text, sender))
+    return SendInput(**bind(obj, SEND_FIELDS))
 
 
 def bind_pull(body: bytes, query: Mapping[str, str]) -> PullInput:
     """Query parameters, overridden by the JSON body where both give a field."""
+    obj = parse_body(body)
+    if len(obj) == 4:  # the usual body, every field in it (so the query cannot matter)
+        for keys in _PULL_KEYS:
+            chat, cursor, limit, reverse = map(obj.get, keys)
+            if (type(chat) is str and type(cursor) is int and INT64[0] <= cursor <= INT64[1]
+                    and type(limit) is int and INT32[0] <= limit <= INT32[1] and type(reverse) is bool):
+                return _new_tuple(PullInput, (chat, cursor, limit, reverse))
     values = query_values(query, PULL_FIELDS)
-    values.update(bind(parse_body(body), PULL_FIELDS))
+    values.update(bind(obj, PULL_FIELDS))
     return PullInput(**values)

@@ -225,8 +225,11 @@ class HttpConnection(asyncio.Protocol):
         # that has half-closed gets the answers to every request it sent, then the close.
         close = (response.close or msg.should_close or server.stopping or not payload.is_eof()
                  or (self._eof and not self._queue))
-        data = render(response, server.date(), head_only=msg.method == "HEAD", close=close,
-                      keep_alive_10=not close and msg.version < (1, 1))
+        if close or msg.method == "HEAD" or msg.version < (1, 1):
+            data = render(response, server.date(), head_only=msg.method == "HEAD", close=close,
+                          keep_alive_10=not close and msg.version < (1, 1))
+        else:
+            data = server.render_usual(response)
         self.write(data)
         if server.access_log is not None:
             self._log_access(msg, response.status, len(data), time.perf_counter() - started)
@@ -305,9 +308,22 @@ class HttpServer:
         self.max_pipelined = max_pipelined
         self.access_log = access_log
         self.date = DateHeader()
+        self._last: tuple[Response | None, str, bytes] = (None, "", b"")  # see render_usual
         self.stopping = False
         self._server: asyncio.Server | None = None
         self.loop = asyncio.get_running_loop()
+
+    def render_usual(self, response: Response) -> bytes:
+        """``render(response)`` for a keep-alive HTTP/1.1 request that is not HEAD, the last one
+        kept: the same response object (a constant such as a send's success) within the same
+        second renders to the same bytes."""
+        date = self.date()
+        last, last_date, data = self._last
+        if response is last and date is last_date:
+            return data
+        data = render(response, date)
+        self._last = (response, date, data)
+        return data
 
     async def start(self, host: str, port: int, *, reuse_port: bool = False, backlog: int = 1024) -> None:
         self._server = await self.loop.create_server(lambda: HttpConnection(self), host, port,

@@ -231,6 +231,20 @@ def test_responses_carry_a_current_date(port):
     assert abs(sent - time.time()) < 5
 
 
+def test_the_date_of_a_constant_response_moves_on(port):
+    """The gateway keeps the bytes of its last usual response (the same /ping answer within a
+    second): a second later they carry the new Date."""
+    with connection(port) as sock:
+        dates = []
+        for _ in range(2):
+            sock.sendall(b"GET /ping HTTP/1.1\r\nHost: gw\r\n\r\n")
+            status, headers, body = read_response(sock)
+            assert (status, json.loads(body)) == (200, {"message": "pong"})
+            dates.append(email.utils.parsedate_to_datetime(headers["date"]).timestamp())
+            time.sleep(1.1)
+    assert dates[1] - dates[0] >= 1
+
+
 def test_a_client_that_does_not_read_its_answers_is_not_read_either(port):
     """Pipelined requests from a client that reads no answers: once the answers waiting for it
     fill the gateway's buffers, the gateway stops answering and reading, so the client's own sends

@@ -2,6 +2,7 @@
 
 ``scan`` finds where a strict-binary message ends (enforcing size limits before anything is
 allocated), ``framing`` detects and writes the unframed, framed and TTHeader transports, ``codec``
-turns complete messages into thriftpy2 structs and back, ``pages`` writes and reads a page of
-messages without them, ``writer`` coalesces writes, and ``idl`` loads the IDL at run time.
+turns complete messages into thriftpy2 structs and back, ``pages`` and ``sends`` write and read a
+page of messages and a Send call's arguments without them, ``writer`` coalesces writes, and
+``idl`` loads the IDL at run time.
 """

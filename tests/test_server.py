@@ -302,14 +302,22 @@ async def test_protocol_error_after_good_calls_answers_them_first(served, double
     await client.close()
 
 
-async def test_calls_after_a_protocol_error_are_never_run(served, double):
-    """A call is decoded as it is read: one that follows a broken message in the same write is
-    not run (it would store a message that no reply acknowledges)."""
+_REPLY_TO_SERVER = codec.encode("Send", codec.REPLY, 3, idl.IMService.Send_result(
+    success=idl.SendResponse(Code=0, Msg="x")))
+
+
+@pytest.mark.parametrize("ending, kind", [
+    (struct.pack(">I", 64) + A + b"\x00", TApplicationException.PROTOCOL_ERROR),  # a broken message
+    (wrap(Transport.FRAMED, _REPLY_TO_SERVER), TApplicationException.INVALID_MESSAGE_TYPE),  # not a call
+])
+async def test_calls_after_a_message_that_closes_the_connection_are_never_run(served, double, ending, kind):
+    """A call is decoded as it is read: one that follows, in the same write, a message that closes
+    the connection is not run (it would store a message that no reply acknowledges)."""
     _, port = served
     client = await Client.connect(port)
-    client.write(send_call("before", 1) + struct.pack(">I", 64) + A + b"\x00" + send_call("after", 2))
+    client.write(send_call("before", 1) + ending + send_call("after", 2))
     assert (await client.reply())[2] == 1
-    assert (await client.reply())[3].type == TApplicationException.PROTOCOL_ERROR
+    assert (await client.reply())[3].type == kind
     assert await client.eof()
     assert double.started == ["before"]
     await client.close()
@@ -386,18 +394,6 @@ async def test_reply_or_exception_message_type_from_client_closes(served):
     _, mtype, seqid, exc = await client.reply()
     assert (mtype, seqid, exc.type) == (codec.EXCEPTION, 3, TApplicationException.INVALID_MESSAGE_TYPE)
     assert await client.eof()
-    await client.close()
-
-
-async def test_calls_after_a_message_that_closes_are_never_run(served, double):
-    _, port = served
-    client = await Client.connect(port)
-    reply = codec.encode("Send", codec.REPLY, 3, idl.IMService.Send_result(success=idl.SendResponse(Code=0, Msg="x")))
-    client.write(send_call("before", 1) + wrap(Transport.FRAMED, reply) + send_call("after", 2))
-    assert (await client.reply())[2] == 1
-    assert (await client.reply())[3].type == TApplicationException.INVALID_MESSAGE_TYPE
-    assert await client.eof()
-    assert double.started == ["before"]
     await client.close()
 
 

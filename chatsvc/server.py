@@ -2,9 +2,9 @@
 
 Each connection cuts its byte stream into whole messages (``wire.framing``), decodes each one as
 it is read (with a method's one-pass reader if it has one, else thriftpy2's Cython codec) and runs
-the handler. Calls that arrive back to back on one
-connection run concurrently (up to ``max_pipeline``), but their replies are written in the order
-the calls came, each in the framing of its call.
+the handler. Calls that arrive back to back on one connection run concurrently (up to
+``max_pipeline``), but their replies are written in the order the calls came, each in the framing
+of its call.
 """
 
 from __future__ import annotations

@@ -225,10 +225,11 @@ class HttpConnection(asyncio.Protocol):
         # that has half-closed gets the answers to every request it sent, then the close.
         close = (response.close or msg.should_close or server.stopping or not payload.is_eof()
                  or (self._eof and not self._queue))
-        if close or msg.method == "HEAD" or msg.version < (1, 1):
-            data = render(response, server.date(), head_only=msg.method == "HEAD", close=close,
+        head_only = msg.method == "HEAD"
+        if close or head_only or msg.version < (1, 1):
+            data = render(response, server.date(), head_only=head_only, close=close,
                           keep_alive_10=not close and msg.version < (1, 1))
-        else:
+        else:  # the usual answer: keep-alive HTTP/1.1 with a body
             data = server.render_usual(response)
         self.write(data)
         if server.access_log is not None:

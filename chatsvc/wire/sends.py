@@ -89,7 +89,7 @@ def _read(buf: bytes, pos: int, max_string: int) -> SendArgs | None:
         if ftype != T_STRING or field_id != fid or not 0 <= n <= max_string:
             break
         start = pos + 7
-        pos = start + n  # past the end of buf: the next unpack fails
+        pos = start + n  # if this is past the end of buf, the next unpack fails (None)
         values[fid - 1] = buf[start:pos].decode()
     return _fields(buf, pos, max_string, values)
 

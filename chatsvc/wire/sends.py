@@ -79,23 +79,7 @@ def _read(buf: bytes, pos: int, max_string: int) -> SendArgs | None:
     if buf[pos : pos + 6] != _ARGS_HEAD:
         return None
     pos += 6
-    # Chat, Text and Sender in this order (every Thrift library but Kitex), inline: a loop over
-    # the fields (_fields) costs a third more.
     values: list[str | int | None] = [None, None, None, None]  # Chat, Text, Sender, SendTime
-    for fid in (1, 2, 3):
-        if pos + 7 > len(buf):
-            break
-        ftype, field_id, n = _STRING.unpack_from(buf, pos)
-        if ftype != T_STRING or field_id != fid or not 0 <= n <= max_string:
-            break
-        start = pos + 7
-        pos = start + n  # if this is past the end of buf, the next unpack fails (None)
-        values[fid - 1] = buf[start:pos].decode()
-    return _fields(buf, pos, max_string, values)
-
-
-def _fields(buf: bytes, pos: int, max_string: int, values: list[str | int | None]) -> SendArgs | None:
-    """The rest of Message's fields from ``pos``, in any order, into ``values``; then its end."""
     while True:
         ftype, fid = _FIELD.unpack_from(buf, pos)  # a stop is one byte: the next two are _END
         if ftype == 0:
@@ -107,7 +91,7 @@ def _fields(buf: bytes, pos: int, max_string: int, values: list[str | int | None
             if not 0 <= n <= max_string:
                 return None
             start = pos + 7
-            pos = start + n
+            pos = start + n  # if this is past the end of buf, the next unpack fails (None)
             values[fid - 1] = buf[start:pos].decode()
         elif ftype == T_I64 and fid == 4:
             values[3] = _I64.unpack_from(buf, pos + 3)[0]

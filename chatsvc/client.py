@@ -31,7 +31,7 @@ from chatsvc.settings import WireLimits
 from chatsvc.wire import codec, framing, pages, sends
 from chatsvc.wire.framing import Transport
 from chatsvc.wire.idl import IMService, Message, PullRequest, SendRequest, SendResponse
-from chatsvc.wire.scan import ProtocolError, whole_message
+from chatsvc.wire.scan import ProtocolError
 from chatsvc.wire.writer import CoalescingWriter
 
 log = logging.getLogger("chatsvc.client")
@@ -123,8 +123,8 @@ class _Connection(CoalescingWriter, asyncio.Protocol):
     def __init__(self, client: ChatClient) -> None:
         super().__init__()
         self._client = client
-        # Framed replies are not walked as they arrive: _outcome checks each one, or a ReplyReader
-        # reads it with every size checked, in one pass instead of two.
+        # Framed replies are not walked as they arrive: _outcome checks each one (checked_payload),
+        # or a ReplyReader reads it with every size checked, in one pass instead of two.
         self._reader = framing.FrameReader(client.settings.wire, walk=False)
         # seqid -> (method, result class, reader, future, deadline), in the order the calls were sent
         self._pending: dict[int, tuple[str, Any, ReplyReader | None, asyncio.Future[Any], float]] = {}
@@ -183,7 +183,7 @@ class _Connection(CoalescingWriter, asyncio.Protocol):
                 return
             if head.mtype == codec.EXCEPTION:  # e.g. a PROTOCOL_ERROR with seqid 0
                 exc = TApplicationException()
-                codec.decode_body(self._checked(frame), exc)
+                codec.decode_body(framing.checked_payload(frame, self._client.settings.wire), exc)
                 raise RPCProtocolError(f"server error: {exc.message}")
             raise RPCProtocolError(f"reply with unexpected seqid {head.seqid}")
         method, result_cls, reader, fut, _ = entry
@@ -207,7 +207,7 @@ class _Connection(CoalescingWriter, asyncio.Protocol):
             value = reader.read(frame.payload, self._client.settings.wire)
             if value is not None:
                 return value
-        payload = self._checked(frame)
+        payload = framing.checked_payload(frame, self._client.settings.wire)
         if head.mtype == codec.EXCEPTION:
             exc = TApplicationException()
             codec.decode_body(payload, exc)
@@ -219,13 +219,6 @@ class _Connection(CoalescingWriter, asyncio.Protocol):
         if result.success is None:
             return RPCProtocolError(f"{method}: reply has no result")
         return result.success if reader is None else reader.convert(result.success)
-
-    def _checked(self, frame: framing.Frame) -> bytes:
-        """The frame's payload, once proved one whole message within the limits (the reader walked
-        an unframed one already): thriftpy2's decoder must not see anything else."""
-        if frame.transport is not Transport.BUFFERED:
-            whole_message(frame.payload, 0, len(frame.payload), self._client.settings.wire)
-        return frame.payload
 
     def _fail(self, exc: RPCError) -> None:
         self.broken = True

@@ -22,7 +22,7 @@ from thriftpy2.thrift import TApplicationException
 from chatsvc.settings import WireLimits
 from chatsvc.wire import codec, framing
 from chatsvc.wire.framing import Frame, Header, Transport
-from chatsvc.wire.scan import ProtocolError, whole_message
+from chatsvc.wire.scan import ProtocolError
 from chatsvc.wire.writer import CoalescingWriter, FlushGroup
 
 log = logging.getLogger("chatsvc.server")
@@ -130,8 +130,7 @@ class ThriftServer:
             args = method.read(frame.payload, method.body, self.limits.wire)
             if args is not None:
                 return [getattr(args, name) for name in method.arg_names]
-        if frame.transport is not Transport.BUFFERED:  # the reader walks only unframed messages
-            whole_message(frame.payload, 0, len(frame.payload), self.limits.wire)
+        payload = framing.checked_payload(frame, self.limits.wire)
         if head.mtype != codec.CALL:
             return self._exception(frame, head.name, head.seqid, "invalid message type",
                                    TApplicationException.INVALID_MESSAGE_TYPE, close=True)
@@ -139,7 +138,7 @@ class ThriftServer:
             return self._exception(frame, head.name, head.seqid, f"unknown method {head.name}",
                                    TApplicationException.UNKNOWN_METHOD)
         args = method.args()
-        self._codec.decode_body(frame.payload, args)
+        self._codec.decode_body(payload, args)
         return [getattr(args, name) for name in method.arg_names]
 
     async def call(self, frame: Frame, call_args: list[Any]) -> Reply:

@@ -43,17 +43,20 @@ def encoded(struct: Any) -> Encoded:
     return Encoded(buf.getvalue())
 
 
+def _head(name: str, mtype: int, seqid: int) -> bytes:
+    """A strict-binary message header."""
+    raw = name.encode()
+    return _MESSAGE_HEAD.pack(VERSION_1 | mtype, len(raw)) + raw + _I32.pack(seqid)
+
+
 def encode_reply(name: str, seqid: int, result: Encoded) -> bytes:
     """A REPLY whose result struct's ``success`` is ``result``: what ``encode`` writes for it."""
-    raw = name.encode()
-    return b"".join((_MESSAGE_HEAD.pack(VERSION_1 | REPLY, len(raw)), raw, _I32.pack(seqid),
-                     RESULT_SUCCESS, result.data, b"\x00"))
+    return b"".join((_head(name, REPLY, seqid), RESULT_SUCCESS, result.data, b"\x00"))
 
 
 def encode_call(name: str, seqid: int, args: Encoded) -> bytes:
     """A CALL whose args struct is ``args``: what ``encode`` writes for it."""
-    raw = name.encode()
-    return b"".join((_MESSAGE_HEAD.pack(VERSION_1 | CALL, len(raw)), raw, _I32.pack(seqid), args.data))
+    return _head(name, CALL, seqid) + args.data
 
 
 def encode(name: str, mtype: int, seqid: int, struct: Any) -> bytes:

@@ -103,7 +103,7 @@ class FrameReader:
 
     A framed message (framed, TTHeader) is walked to prove it whole and within the limits, unless
     ``walk`` is false: then only its message header is read, and the reader's user must check the
-    payload (``scan.whole_message``, or a reader that checks every size itself) before decoding
+    payload (``checked_payload``, or a reader that checks every size itself) before decoding
     it. An unframed message is always walked: that is how its end is found.
     """
 
@@ -326,6 +326,14 @@ def _pack_str16(text: str) -> bytes:
     if len(raw) > 0xFFFF:
         raise ValueError("TTHeader string longer than 65535 bytes")
     return _U16.pack(len(raw)) + raw
+
+
+def checked_payload(frame: Frame, limits: WireLimits) -> bytes:
+    """``frame``'s payload, proved one whole message within ``limits``: what thriftpy2's decoder
+    may be given. A reader that does not walk has walked only the unframed ones."""
+    if frame.transport is not Transport.BUFFERED:
+        whole_message(frame.payload, 0, len(frame.payload), limits)
+    return frame.payload
 
 
 def wrap(transport: Transport, payload: bytes, seqid: int = 0, info: bytes = b"\x00\x00\x00\x00") -> bytes:

@@ -1,7 +1,7 @@
 """The four modes: HTTP closed loop (wrk or asyncio), HTTP fixed rate, Thrift, and Redis memory.
 
 Every mode starts what it needs in a ``System`` (or targets what it is given), probes each target
-before each load, runs the loads in interleaved rounds (load by load: A B A B ...), and returns
+before each load, runs the loads in interleaved rounds (load by load: A B, B A, A B ...), and returns
 its results; ``run`` then prints the tables and writes the JSON and the plot.
 """
 
@@ -82,11 +82,14 @@ Measure = Callable[[Target, str], Awaitable[Measurement]]
 
 async def interleaved(targets: list[Target], loads: tuple[str, ...], opts: Options, probe: Probe,
                       measure: Measure, name_of: Callable[[str], str] = str) -> list[LoadResult]:
-    """For each load, ``rounds`` rounds of every target in turn, each after a correctness probe."""
+    """For each load, ``rounds`` rounds of every target in turn, each after a correctness probe.
+
+    Even rounds run the targets in reverse (A B, B A, A B ...): on this kind of machine the
+    position in a round is worth a few per cent by itself, and alternating cancels it out."""
     results: list[LoadResult] = []
     for load in loads:
         for rnd in range(1, opts.rounds + 1):
-            for target in targets:
+            for target in targets if rnd % 2 else targets[::-1]:
                 await probe(target)
                 meter = CpuMeter(target.system, target.watched)
                 meter.start()

@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 
 import pytest
 
+from bench import runner
 from bench.__main__ import options
 from bench.report import summary_table
 from bench.stats import LoadResult, Measurement, Summary
@@ -58,3 +60,24 @@ def test_vs_pid_options():
                  ["--vs", "http://x", "--vs-pid", "gateway=not-a-pid"]):
         with pytest.raises(SystemExit):
             options(argv)
+
+
+def test_rounds_alternate_which_target_goes_first(monkeypatch):
+    """A B, B A, A B for each load: a target's place in a round does not favour it over the run."""
+    monkeypatch.setattr(runner, "PAUSE_S", 0)
+    calls: list[tuple[str, str, str]] = []
+
+    async def probe(target: runner.Target) -> None:
+        calls.append(("probe", target.label, ""))
+
+    async def measure(target: runner.Target, load: str) -> Measurement:
+        calls.append(("measure", target.label, load))
+        return Measurement(requests=1, duration_s=1.0, p50_ms=1.0, p90_ms=1.0, p99_ms=1.0, max_ms=1.0)
+
+    targets = [runner.Target("A", "http://a"), runner.Target("B", "http://b")]
+    results = asyncio.run(runner.interleaved(targets, ("send", "pull"), runner.Options(mode="http", loads=("send", "pull"), rounds=3), probe, measure))
+    measured = [(label, load) for kind, label, load in calls if kind == "measure"]
+    assert measured == [("A", "send"), ("B", "send"), ("B", "send"), ("A", "send"), ("A", "send"), ("B", "send"),
+                        ("A", "pull"), ("B", "pull"), ("B", "pull"), ("A", "pull"), ("A", "pull"), ("B", "pull")]
+    assert [kind for kind, _, _ in calls] == ["probe", "measure"] * 12  # each measurement after its probe
+    assert [(r.target, r.round) for r in results[:6]] == [("A", 1), ("B", 1), ("B", 2), ("A", 2), ("A", 3), ("B", 3)]

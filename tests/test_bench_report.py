@@ -1,5 +1,5 @@
 """`make bench`'s accounting: CPU per request, the processes of a stack it did not start
-(``--vs-pid``), and the summary table."""
+(``--vs-pid``), the summary table, and the order of the rounds."""
 
 from __future__ import annotations
 
@@ -75,7 +75,8 @@ def test_rounds_alternate_which_target_goes_first(monkeypatch):
         return Measurement(requests=1, duration_s=1.0, p50_ms=1.0, p90_ms=1.0, p99_ms=1.0, max_ms=1.0)
 
     targets = [runner.Target("A", "http://a"), runner.Target("B", "http://b")]
-    results = asyncio.run(runner.interleaved(targets, ("send", "pull"), runner.Options(mode="http", loads=("send", "pull"), rounds=3), probe, measure))
+    opts = runner.Options(mode="http", loads=("send", "pull"), rounds=3)
+    results = asyncio.run(runner.interleaved(targets, opts.loads, opts, probe, measure))
     measured = [(label, load) for kind, label, load in calls if kind == "measure"]
     assert measured == [("A", "send"), ("B", "send"), ("B", "send"), ("A", "send"), ("A", "send"), ("B", "send"),
                         ("A", "pull"), ("B", "pull"), ("B", "pull"), ("A", "pull"), ("A", "pull"), ("B", "pull")]

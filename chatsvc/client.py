@@ -97,7 +97,7 @@ PULL_PAGE = ReplyReader(pages.read_reply, pages.from_struct)
 # A successful Send's reply after its message header ("Send" and the seqid: 16 bytes), as chatsvc
 # writes every one of them: recognised by comparison, with no decoding.
 _SEND_OK_HEAD = 16
-_SEND_OK_BODY = codec.RESULT_SUCCESS + codec.encoded(SendResponse(Code=0, Msg="success")).data + b"\x00"
+_SEND_OK_BODY = codec.RESULT_SUCCESS + sends.OK.data + b"\x00"
 
 
 def _read_send_ok(payload: bytes, limits: WireLimits) -> Any:

@@ -11,15 +11,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from chatsvc.errors import OK, ChatError
+from chatsvc.errors import ChatError
 from chatsvc.service import ChatService, Page, parse_pull
 from chatsvc.wire import pages, sends
-from chatsvc.wire.codec import Encoded, encoded
+from chatsvc.wire.codec import Encoded
 from chatsvc.wire.idl import PullResponse, SendResponse
 
 log = logging.getLogger("chatsvc.handler")
 
-SEND_OK = encoded(SendResponse(Code=OK, Msg="success"))  # every successful Send's reply, encoded once
 # Calls the server reads in one pass (ThriftServer's readers); a Send's ``req`` is then a
 # ``sends.SentRequest``, with the same attributes as the IDL's SendRequest.
 ARGS_READERS = {"Send": sends.read_args}
@@ -38,7 +37,7 @@ class IMServiceHandler:
         except Exception as exc:  # noqa: BLE001 - every failure becomes an in-band Code
             code, msg = _error(exc)
             return SendResponse(Code=code, Msg=msg)
-        return SEND_OK
+        return sends.OK
 
     async def Pull(self, req: Any) -> Any:  # noqa: N802 - the IDL's method name
         try:

@@ -8,6 +8,9 @@ it into three structs cost chatsvc ~7 us. Here the client packs the bytes thrift
 (``read_args``), for the layouts Thrift clients write: Message's four fields in any order, each
 once, SendTime optional. Anything else (another field, a duplicate, a type that differs, invalid
 UTF-8) returns None, and the call is checked and decoded with thriftpy2 as before.
+
+``OK`` is the reply to every Send that succeeds: chatsvc writes it as encoded here, and the client
+recognises it by comparing bytes.
 """
 
 from __future__ import annotations
@@ -16,12 +19,16 @@ from struct import Struct
 from struct import error as StructError
 from typing import TYPE_CHECKING, NamedTuple
 
-from chatsvc.wire.codec import Encoded
+from chatsvc.errors import OK as CODE_OK
+from chatsvc.wire.codec import Encoded, encoded
+from chatsvc.wire.idl import SendResponse
 
 if TYPE_CHECKING:  # settings imports storage, which imports this package
     from chatsvc.settings import WireLimits
 
 T_I64, T_STRING, T_STRUCT = 10, 11, 12
+
+OK = encoded(SendResponse(Code=CODE_OK, Msg="success"))  # a successful Send's SendResponse, encoded once
 
 _FIELD = Struct(">bh")  # a field's type and id
 _STRING = Struct(">bhi")  # a string field's header and length

@@ -264,7 +264,8 @@ def print_tables(opts: Options, doc: dict[str, Any], targets: list[Target], outc
 
 def host_info(load_before: tuple[float, float, float]) -> dict[str, Any]:
     return {"cpus": os.cpu_count(), "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
-            "python": sys.version.split()[0], "platform": platform.platform(), "git": _git_head(),
+            "python": sys.version.split()[0], "python_executable": os.path.realpath(sys.executable),
+            "platform": platform.platform(), "git": _git_head(),
             "wrk": _wrk_version(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 

@@ -133,15 +133,60 @@ async def test_time_never_goes_backwards_when_the_clock_does(storage, raw):
     assert await storage.append("a:b", "a", "now") < future
 
 
-async def test_concurrent_appends_within_one_microsecond_get_consecutive_times(storage, raw):
-    """The send script's fallback: many appends to one chat in one batch, most of them inside the
-    same microsecond of Redis's clock, still get distinct, consecutive-or-later times."""
+async def test_concurrent_appends_within_one_microsecond_get_increasing_times(storage, raw):
+    """Many appends to one chat in one batch, most of them inside the same microsecond of the
+    clock, still get distinct increasing times, in the order they were stored."""
     times = await asyncio.gather(*(storage.append("m:n", "m", f"t{i}") for i in range(200)))
     assert len(set(times)) == 200
     rows = await storage.page("m:n", 0, 300, False)
     assert sorted(r.text for r in rows) == sorted(f"t{i}" for i in range(200))
     assert [r.send_time for r in rows] == sorted(times)
     assert {r.text: r.send_time for r in rows} == {f"t{i}": t for i, t in enumerate(times)}
+
+
+def command_calls(raw) -> dict[str, int]:
+    return {name: int(stats["calls"]) for name, stats in
+            ((k.removeprefix("cmdstat_"), v) for k, v in raw.info("commandstats").items())}
+
+
+async def test_the_usual_append_is_one_xadd_and_runs_no_script(storage, raw):
+    raw.config_resetstat()
+    times = [await storage.append("a:b", "a", f"m{i}") for i in range(20)]
+    calls = command_calls(raw)
+    assert calls.get("xadd") == 20
+    assert "evalsha" not in calls and "eval" not in calls
+    assert [(r.send_time, r.text) for r in await storage.page("a:b", 0, 30, False)] == [
+        (t, f"m{i}") for i, t in enumerate(times)]
+
+
+async def test_concurrent_appends_behind_a_chat_ahead_of_the_clock_get_consecutive_times(storage, raw):
+    """Another chatsvc whose clock is ahead wrote last: every append is refused by the stream and
+    goes through the send script, which gives the next times after the chat's last, in order."""
+    future = now_us() + 10_000_000
+    raw.xadd("chat:{m:n}", {"s": "m", "x": "ahead"}, id=f"{future}-0")
+    raw.config_resetstat()
+    times = await asyncio.gather(*(storage.append("m:n", "m", f"t{i}") for i in range(100)))
+    assert sorted(times) == list(range(future + 1, future + 101))
+    rows = await storage.page("m:n", 0, 300, False)
+    assert [(r.send_time, r.text) for r in rows[1:]] == sorted((t, f"t{i}") for i, t in enumerate(times))
+    assert command_calls(raw).get("evalsha") == 100
+
+
+async def test_two_processes_clocks_apart_never_share_a_time(redis_url, raw, batch):
+    """Two chatsvc processes, one's clock 5 s ahead, sending to one chat in turn: each time is above
+    the last stored, whichever process stored it."""
+    ahead, behind = (RedisStorage.from_url(redis_url, pool_size=4, timeout=2.0, connect_timeout=1.0, batch=batch)
+                     for _ in range(2))
+    ahead._last_time = now_us() + 5_000_000
+    try:
+        times = [await (ahead if i % 3 == 0 else behind).append("a:b", "a", f"m{i}") for i in range(12)]
+    finally:
+        await ahead.close()
+        await behind.close()
+    assert all(b > a for a, b in zip(times, times[1:], strict=False))
+    assert times[1] == times[0] + 1  # behind's clock is below ahead's last: the script's last + 1
+    rows = raw.xrange("chat:{a:b}")
+    assert [int(eid.split("-")[0]) for eid, _ in rows] == times
 
 
 async def test_append_to_a_key_that_is_not_a_stream_fails_and_changes_nothing(storage, raw):

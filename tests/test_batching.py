@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 import redis.asyncio as aioredis
@@ -44,14 +45,23 @@ async def test_max_batch_splits_large_bursts(client):
 
 @pytest.mark.parametrize("batch", [True, False])
 async def test_send_script_is_reloaded_after_script_flush(redis_url, client, batch):
-    """A Redis restarted without its script cache answers NOSCRIPT: the send must still succeed once."""
+    """A Redis restarted without its script cache answers NOSCRIPT: the send must still succeed once.
+    The chat's last entry is ahead of the clock, so every send needs the script (a plain XADD is
+    refused)."""
     storage = RedisStorage.from_url(redis_url, pool_size=4, timeout=2, connect_timeout=1, batch=batch)
     try:
-        await storage.append("a:b", "a", "one")
+        ahead = time.time_ns() // 1000 + 10_000_000
+        await client.xadd("chat:{a:b}", {"s": "a", "x": "one"}, id=f"{ahead}-0")
+        await storage.append("a:b", "a", "two")  # loads the script
         await client.script_flush()
-        await asyncio.gather(*[storage.append("a:b", "a", f"m{i}") for i in range(5)])
+        await client.config_resetstat()
+        times = await asyncio.gather(*[storage.append("a:b", "a", f"m{i}") for i in range(5)])
+        assert (await client.info("commandstats"))["cmdstat_eval"]["calls"] >= 1  # NOSCRIPT, then EVAL
         rows = await storage.page("a:b", 0, 100, reverse=False)
-        assert [r.text for r in rows][0] == "one" and len(rows) == 6
+        assert [r.text for r in rows[:2]] == ["one", "two"]
+        assert sorted((r.send_time, r.text) for r in rows[2:]) == sorted(
+            (t, f"m{i}") for i, t in enumerate(times))
+        assert sorted(times) == list(range(ahead + 2, ahead + 7))
     finally:
         await storage.close()
 

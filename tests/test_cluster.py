@@ -148,14 +148,24 @@ async def test_concurrent_appends_over_many_chats(storage, redis_cluster: Cluste
 
 async def test_noscript_after_script_flush_runs_each_send_once(storage, redis_cluster: Cluster):
     """A promoted replica (or restarted master) has no script cache: NOSCRIPT means not executed,
-    and the send runs once more with EVAL."""
-    await storage.append("a:b", "a", "one")
+    and the send runs once more with EVAL. The chat's last entry is ahead of the clock, so every
+    send needs the script (a plain XADD is refused)."""
+    key = chat_key("a:b")
+    ahead = time.time_ns() // 1000 + 10_000_000
+    with redis_cluster.client(redis_cluster.master_of_key(key)) as c:
+        c.xadd(key, {"s": "a", "x": "one"}, id=f"{ahead}-0")
+    await storage.append("a:b", "a", "two")  # loads the script on that master
     for port in redis_cluster.masters():
         with redis_cluster.client(port) as c:
             c.script_flush()
-    await asyncio.gather(*(storage.append("a:b", "a", f"m{i}") for i in range(20)))
+            c.config_resetstat()
+    times = await asyncio.gather(*(storage.append("a:b", "a", f"m{i}") for i in range(20)))
+    with redis_cluster.client(redis_cluster.master_of_key(key)) as c:
+        assert c.info("commandstats")["cmdstat_eval"]["calls"] >= 1  # NOSCRIPT, then EVAL
     rows = await storage.page("a:b", 0, 100, False)
-    assert rows[0].text == "one" and sorted(r.text for r in rows[1:]) == sorted(f"m{i}" for i in range(20))
+    assert [r.text for r in rows[:2]] == ["one", "two"]
+    assert sorted(r.text for r in rows[2:]) == sorted(f"m{i}" for i in range(20))
+    assert sorted(times) == list(range(ahead + 2, ahead + 22))
 
 
 def node_ids(cluster: Cluster) -> dict[int, str]:

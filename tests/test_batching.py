@@ -114,6 +114,7 @@ async def test_the_timeout_applies_to_each_batch_not_to_a_run_of_them(client):
 
 @pytest.mark.parametrize("commands", [
     [("EVALSHA", SEND_SCRIPT_SHA, 1, "chat:{é:b}", "é", "x" * 7000), ("XRANGE", "k", "0", "+", "COUNT", 21)],
+    [("XADD", "chat:{é:b}", b"%d-0" % 1_795_790_919_606_091, "s", "é", "x", "x" * 7000)],  # a send
     [("PING",), ("SET", b"k", b"v" * 10), ("XREVRANGE", "k", "+", "-", "COUNT", 1), ("GET", "")],
     [("CONFIG GET", "maxmemory")],  # a name with a space: redis-py splits it
     [("SET", "f", 1.5)],  # a float: redis-py's own packer

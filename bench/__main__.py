@@ -11,7 +11,7 @@ from pathlib import Path
 from types import FrameType
 
 from bench.runner import Options, run
-from bench.system import ROOT, StartError
+from bench.system import ROOT, StartError, default_gateway_workers
 from bench.workload import ProbeFailed
 from bench.wrk import WrkFailed
 from chatsvc.client import RPCError
@@ -78,8 +78,9 @@ def parser() -> argparse.ArgumentParser:
     target.add_argument("--transport", choices=[t.value for t in Transport], default=Transport.FRAMED.value,
                         help="with --thrift: the Thrift transport (buffered for an Apache Thrift Go server); "
                              "default framed, as the gateway")
-    target.add_argument("--gateway-workers", type=positive_int, default=2,
-                        help="gateway processes the bench starts (GATEWAY_WORKERS); default 2, one per core")
+    target.add_argument("--gateway-workers", type=positive_int, default=default_gateway_workers(),
+                        help="gateway processes the bench starts (GATEWAY_WORKERS); default one per core "
+                             "and one more (%(default)s here)")
     target.add_argument("--chatsvc-arg", action="append", default=[], metavar="ARG",
                         help="extra flag for the chatsvc the bench starts, e.g. --chatsvc-arg=--redis-batch=false")
     target.add_argument("--redis-cluster", type=positive_int, default=0, metavar="N",

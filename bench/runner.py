@@ -25,7 +25,7 @@ import aiohttp
 
 from bench import loadgen, memory, report, thrift, workload, wrk
 from bench.stats import LoadResult, Measurement, summarize
-from bench.system import ROOT, CpuMeter, Proc, System
+from bench.system import ROOT, CpuMeter, Proc, System, default_gateway_workers
 from chatsvc.client import ChatClient
 
 PAUSE_S = 0.5  # between two loads: lets sockets and queues drain
@@ -51,7 +51,7 @@ class Options:
     generator: str = "auto"  # "auto", "wrk" or "python"
     messages: int = 100_000
     results_dir: Path = ROOT / "bench" / "results"
-    gateway_workers: int = 2
+    gateway_workers: int = field(default_factory=default_gateway_workers)
     chatsvc_args: tuple[str, ...] = ()
     redis_cluster: int = 0  # masters of a Redis Cluster to start instead of one redis-server (0: none)
     cluster_replicas: int = 1

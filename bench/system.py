@@ -29,6 +29,17 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 LOADGEN = "loadgen"  # the CPU of this process and its children (wrk), as a process name
 
 
+def default_gateway_workers() -> int:
+    """One gateway worker per usable core, and one more.
+
+    The bench runs everything on one machine, and each process is single-threaded: with one
+    worker per core, a core is idle whenever the workers all wait on chatsvc at once (12.6% idle
+    on the 2-core machine of docs/performance.md). A third worker there kept it 4.6% idle and
+    served ~6% more sends and ~4% more pulls; a fourth served fewer.
+    """
+    return len(os.sched_getaffinity(0)) + 1
+
+
 class StartError(RuntimeError):
     """A process did not start; the message holds the tail of its log."""
 
@@ -140,8 +151,8 @@ class Proc:
 class System:
     """``with System() as s: s.start_redis(); ...``: started processes are stopped on exit."""
 
-    def __init__(self, gateway_workers: int = 2, chatsvc_args: tuple[str, ...] = ()) -> None:
-        self.gateway_workers = gateway_workers
+    def __init__(self, gateway_workers: int | None = None, chatsvc_args: tuple[str, ...] = ()) -> None:
+        self.gateway_workers = default_gateway_workers() if gateway_workers is None else gateway_workers
         self.chatsvc_args = chatsvc_args
         self.procs: list[Proc] = []
         self._workdir = Path(tempfile.mkdtemp(prefix="pychat-bench-"))

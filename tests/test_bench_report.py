@@ -13,7 +13,7 @@ from bench import runner
 from bench.__main__ import options
 from bench.report import summary_table
 from bench.stats import LoadResult, Measurement, Summary
-from bench.system import LOADGEN, CpuMeter
+from bench.system import LOADGEN, CpuMeter, System
 
 
 def result(requests: int, cpu_s: dict[str, float], target: str = "pychat", rnd: int = 1) -> LoadResult:
@@ -82,3 +82,13 @@ def test_rounds_alternate_which_target_goes_first(monkeypatch):
                         ("A", "pull"), ("B", "pull"), ("B", "pull"), ("A", "pull"), ("A", "pull"), ("B", "pull")]
     assert [kind for kind, _, _ in calls] == ["probe", "measure"] * 12  # each measurement after its probe
     assert [(r.target, r.round) for r in results[:6]] == [("A", 1), ("B", 1), ("B", 2), ("A", 2), ("A", 3), ("B", 3)]
+
+
+def test_the_bench_starts_one_gateway_worker_per_core_and_one_more():
+    """With one per core, a core idles whenever every worker waits on chatsvc (docs/performance.md)."""
+    cores = len(os.sched_getaffinity(0))
+    assert options([]).gateway_workers == cores + 1
+    assert runner.Options(mode="http", loads=("send",)).gateway_workers == cores + 1
+    with System() as system:
+        assert system.gateway_workers == cores + 1
+    assert options(["--gateway-workers", "2"]).gateway_workers == 2

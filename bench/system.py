@@ -32,10 +32,10 @@ LOADGEN = "loadgen"  # the CPU of this process and its children (wrk), as a proc
 def default_gateway_workers() -> int:
     """One gateway worker per usable core, and one more.
 
-    The bench runs everything on one machine, and each process is single-threaded: with one
-    worker per core, a core is idle whenever the workers all wait on chatsvc at once (12.6% idle
-    on the 2-core machine of docs/performance.md). A third worker there kept it 4.6% idle and
-    served ~6% more sends and ~4% more pulls; a fourth served fewer.
+    The bench runs everything on one machine, and each process is single-threaded. With one
+    worker per core, the 2-core machine of docs/performance.md stayed 12.6% idle under the send
+    load while each worker slept a quarter of the time, waiting on chatsvc; with a third worker it
+    was 4.6% idle and served ~6% more sends and ~4% more pulls; a fourth served fewer.
     """
     return len(os.sched_getaffinity(0)) + 1
 

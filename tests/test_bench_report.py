@@ -85,7 +85,7 @@ def test_rounds_alternate_which_target_goes_first(monkeypatch):
 
 
 def test_the_bench_starts_one_gateway_worker_per_core_and_one_more():
-    """With one per core, a core idles whenever every worker waits on chatsvc (docs/performance.md)."""
+    """With one per core, cores sat idle while the workers waited on chatsvc (docs/performance.md)."""
     cores = len(os.sched_getaffinity(0))
     assert options([]).gateway_workers == cores + 1
     assert runner.Options(mode="http", loads=("send",)).gateway_workers == cores + 1

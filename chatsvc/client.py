@@ -23,12 +23,13 @@ import itertools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from struct import error as StructError
 from typing import Any, NamedTuple, Self
 
 from thriftpy2.thrift import TApplicationException
 
 from chatsvc.settings import WireLimits
-from chatsvc.wire import codec, framing, pages, sends
+from chatsvc.wire import codec, framing, pages, pulls, sends
 from chatsvc.wire.framing import Transport
 from chatsvc.wire.idl import IMService, Message, PullRequest, SendRequest, SendResponse
 from chatsvc.wire.scan import ProtocolError
@@ -262,14 +263,12 @@ class IMServiceClient:
 
     async def pull(self, chat: str, cursor: int = 0, limit: int = 10, reverse: bool = False) -> Any:
         """IMService.Pull; returns the PullResponse. Retried once on a fresh connection."""
-        req = PullRequest(Chat=chat, Cursor=cursor, Limit=limit, Reverse=reverse)
-        return await self.call("Pull", IMService.Pull_args(req=req), idempotent=True)
+        return await self.call("Pull", _pull_args(chat, cursor, limit, reverse), idempotent=True)
 
     async def pull_page(self, chat: str, cursor: int = 0, limit: int = 10, reverse: bool = False) -> pages.PullPage:
         """IMService.Pull, its reply as a ``PullPage`` (messages as dicts, read in one pass when the
         server lays the reply out as chatsvc does). Check ``code``. Retried as ``pull``."""
-        req = PullRequest(Chat=chat, Cursor=cursor, Limit=limit, Reverse=reverse)
-        return await self.call("Pull", IMService.Pull_args(req=req), idempotent=True,  # type: ignore[no-any-return]
+        return await self.call("Pull", _pull_args(chat, cursor, limit, reverse), idempotent=True,  # type: ignore[no-any-return]
                                reader=PULL_PAGE)
 
 
@@ -282,6 +281,18 @@ def _send_args(chat: str, text: str, sender: str) -> Any:
         except UnicodeEncodeError:
             pass
     return IMService.Send_args(req=SendRequest(message=Message(Chat=chat, Text=text, Sender=sender, SendTime=0)))
+
+
+def _pull_args(chat: str, cursor: int, limit: int, reverse: bool) -> Any:
+    """Pull's args packed by hand (wire.pulls) in the usual case; else (None, another type, a
+    number out of range, a str with no UTF-8 form) a thriftpy2 struct, written or refused by
+    thriftpy2 as it always has been."""
+    if type(chat) is str and type(cursor) is int and type(limit) is int and type(reverse) is bool:
+        try:
+            return pulls.write_args(chat, cursor, limit, reverse)
+        except (UnicodeEncodeError, StructError):
+            pass
+    return IMService.Pull_args(req=PullRequest(Chat=chat, Cursor=cursor, Limit=limit, Reverse=reverse))
 
 
 class ChatClient(IMServiceClient):

@@ -13,15 +13,16 @@ from typing import Any
 
 from chatsvc.errors import ChatError
 from chatsvc.service import ChatService, Page, parse_pull
-from chatsvc.wire import pages, sends
+from chatsvc.wire import pages, pulls, sends
 from chatsvc.wire.codec import Encoded
 from chatsvc.wire.idl import PullResponse, SendResponse
 
 log = logging.getLogger("chatsvc.handler")
 
 # Calls the server reads in one pass (ThriftServer's readers); a Send's ``req`` is then a
-# ``sends.SentRequest``, with the same attributes as the IDL's SendRequest.
-ARGS_READERS = {"Send": sends.read_args}
+# ``sends.SentRequest`` and a Pull's a ``pulls.PulledRequest``, with the attributes of the IDL's
+# SendRequest and PullRequest.
+ARGS_READERS = {"Send": sends.read_args, "Pull": pulls.read_args}
 
 
 class IMServiceHandler:

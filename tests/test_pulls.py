@@ -13,6 +13,7 @@ from chatsvc.client import _pull_args
 from chatsvc.settings import WireLimits
 from chatsvc.wire import codec, idl, pulls
 from chatsvc.wire.scan import ProtocolError, whole_message
+from tests.one_pass import mutated, read_as_general, single_byte_changes
 
 LIMITS = WireLimits()
 BODY = 16  # where a Pull call's args start: version word, name length, "Pull", seqid
@@ -100,27 +101,15 @@ def test_any_field_order_is_read(order, chat, cursor, limit, reverse):
 def test_a_mutated_call_is_read_as_thriftpy2_reads_it_or_left_to_it(data):
     """Whatever the bytes, read_args never raises, and anything it returns is exactly what the
     general way makes of the same bytes."""
-    payload = bytearray(call(data.draw(texts), data.draw(INT64), data.draw(INT32), data.draw(st.booleans())))
-    for _ in range(data.draw(st.integers(1, 4))):
-        pos = data.draw(st.integers(BODY, len(payload) - 1))
-        payload[pos] = data.draw(st.integers(0, 255))
-    mutated = bytes(payload[: data.draw(st.integers(BODY, len(payload)))])
-    got = read(mutated)
-    if got is not None:
-        assert got == decoded(mutated)
+    payload = call(data.draw(texts), data.draw(INT64), data.draw(INT32), data.draw(st.booleans()))
+    read_as_general(read, decoded, mutated(data, payload, BODY))
 
 
 def test_every_single_byte_change_is_read_as_thriftpy2_reads_it_or_left_to_it():
-    payload = call("a:b", 5, 20, True)
-    values = {0, 1, 2, 3, 4, 5, 8, 10, 11, 12, 15, 0x7F, 0x80, 0xFF}
     changed = 0
-    for pos in range(BODY, len(payload)):
-        for value in values | {payload[pos] ^ 1}:
-            mutated = payload[:pos] + bytes((value,)) + payload[pos + 1 :]
-            got = read(mutated)
-            if got is not None:
-                assert got == decoded(mutated), (pos, value)
-                changed += got != ("a:b", 5, 20, True)
+    for pos, value, payload in single_byte_changes(call("a:b", 5, 20, True), BODY):
+        got = read_as_general(read, decoded, payload, (pos, value))
+        changed += got is not None and got != ("a:b", 5, 20, True)
     assert changed  # some changes (a number's bytes, Reverse's) are read, not only refused
 
 

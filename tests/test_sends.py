@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from chatsvc.settings import WireLimits
 from chatsvc.wire import codec, idl, sends
 from chatsvc.wire.scan import ProtocolError, whole_message
+from tests.one_pass import mutated, read_as_general, single_byte_changes
 
 LIMITS = WireLimits()
 BODY = 16  # where a Send call's args start: version word, name length, "Send", seqid
@@ -86,25 +87,12 @@ def test_any_field_order_is_read(order, chat, text, sender, send_time):
 def test_a_mutated_call_is_read_as_thriftpy2_reads_it_or_left_to_it(data):
     """Whatever the bytes, read_args never raises, and anything it returns is exactly what the
     general way makes of the same bytes."""
-    payload = bytearray(call(data.draw(texts), data.draw(texts), data.draw(texts)))
-    for _ in range(data.draw(st.integers(1, 4))):
-        pos = data.draw(st.integers(BODY, len(payload) - 1))
-        payload[pos] = data.draw(st.integers(0, 255))
-    mutated = bytes(payload[: data.draw(st.integers(BODY, len(payload)))])
-    got = read(mutated)
-    if got is not None:
-        assert got == decoded(mutated)
+    read_as_general(read, decoded, mutated(data, call(data.draw(texts), data.draw(texts), data.draw(texts)), BODY))
 
 
 def test_every_single_byte_change_is_read_as_thriftpy2_reads_it_or_left_to_it():
-    payload = call("a:b", "hello", "a", 5)
-    values = {0, 1, 2, 3, 4, 5, 8, 10, 11, 12, 15, 0x7F, 0x80, 0xFF}
-    for pos in range(BODY, len(payload)):
-        for value in values | {payload[pos] ^ 1}:
-            mutated = payload[:pos] + bytes((value,)) + payload[pos + 1 :]
-            got = read(mutated)
-            if got is not None:
-                assert got == decoded(mutated), (pos, value)
+    for pos, value, payload in single_byte_changes(call("a:b", "hello", "a", 5), BODY):
+        read_as_general(read, decoded, payload, (pos, value))
 
 
 def test_every_truncation_and_any_trailing_byte_is_left_to_the_general_way():

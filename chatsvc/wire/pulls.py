@@ -26,7 +26,8 @@ T_BOOL, T_I32, T_I64, T_STRING, T_STRUCT = 2, 8, 10, 11, 12
 _ID = Struct(">h")  # a field's id, after its type byte
 _I32 = Struct(">i")
 _I64 = Struct(">q")
-_ARGS_HEAD = b"\x0c\x00\x02"  # Pull_args.req: field 2, a struct
+_STRING = Struct(">bhi")  # a string field's header and length
+_ARGS_HEAD = Struct(">bh").pack(T_STRUCT, 2)  # Pull_args.req: field 2, a struct
 # Cursor (field 2, i64), Limit (3, i32) and Reverse (4, bool) as thriftpy2 writes them after Chat,
 # then the stops of PullRequest and Pull_args.
 _REST = Struct(">bhqbhibh?bb")
@@ -55,7 +56,7 @@ def write_args(chat: str, cursor: int, limit: int, reverse: bool) -> Encoded:
     encodes it. Raises UnicodeEncodeError for a str that is not valid Unicode, and struct.error
     for a number out of its type's range."""
     raw = chat.encode()
-    return Encoded(b"".join((_ARGS_HEAD, b"\x0b\x00\x01", _I32.pack(len(raw)), raw,
+    return Encoded(b"".join((_ARGS_HEAD, _STRING.pack(T_STRING, 1, len(raw)), raw,
                              _REST.pack(T_I64, 2, cursor, T_I32, 3, limit, T_BOOL, 4, reverse, 0, 0))))
 
 

@@ -206,10 +206,92 @@ def test_malformed_requests_get_a_json_400_and_the_connection_closes(port, raw):
         assert closed_within(sock, 2)
 
 
+PING_HEAD = "GET /ping HTTP/1.1\r\nHost: gw\r\n"
+
+
+@pytest.mark.parametrize("raw, status, message", [
+    (b"GET /" + b"a" * 8191 + b" HTTP/1.1\r\nHost: gw\r\n\r\n", 414, "request target longer than 8190 bytes"),
+    ((PING_HEAD + "X-Big: " + "b" * 8190 + "\r\n\r\n").encode(), 431, "header field longer than 8190 bytes"),
+    ((PING_HEAD + "".join(f"X-{i}: v\r\n" for i in range(128)) + "\r\n").encode(), 431, "more than 128 header fields"),
+    (b"POST /api/send HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n{}", 400, ""),
+    ((PING_HEAD + "Host: other\r\n\r\n").encode(), 400, "Duplicate 'Host' header found."),
+    ((PING_HEAD + "User-Agent: a\r\nuser-agent: b\r\n\r\n").encode(), 400, "Duplicate 'user-agent' header found."),
+    ((PING_HEAD + "X-Nul: a\x00b\r\n\r\n").encode(), 400, ""),
+    (b"GET /ping HTTP/1.1\r\nUser-Agent: t\r\n\r\n", 400, "Missing 'Host' header in request."),
+])
+def test_the_limits_and_rules_of_a_request_head(port, raw, status, message):
+    """The limits aiohttp's parser enforced, kept by the gateway's own server: the request line,
+    header fields (size and number), singleton headers sent twice, NUL in a value, no Host."""
+    with connection(port) as sock:
+        sock.sendall(raw)
+        got, headers, body = read_response(sock)
+        err = json.loads(body)
+        assert (got, err["code"], headers["connection"]) == (status, status, "close")
+        assert err["message"].startswith("bad request: ") and message in err["message"]
+        assert closed_within(sock, 2)
+
+
+def test_heads_at_the_limits_are_served(port):
+    with connection(port) as sock:
+        sock.sendall(b"GET /ping?" + b"a" * (8190 - len("/ping?")) + b" HTTP/1.1\r\nHost: gw\r\n\r\n")
+        assert read_response(sock)[0] == 200
+        sock.sendall((PING_HEAD + "X-Big: " + "b" * (8190 - len("X-Big")) + "\r\n\r\n").encode())
+        assert read_response(sock)[0] == 200
+        sock.sendall((PING_HEAD + "".join(f"X-{i}: v\r\n" for i in range(127)) + "\r\n").encode())
+        assert read_response(sock)[0] == 200
+        assert is_open(sock)
+
+
+def test_an_upgrade_is_ignored_and_the_connection_stays_http(port):
+    """RFC 9110 7.8: a server may ignore Upgrade. The request is answered as any other, and the
+    requests after it on the connection (here in the same packet) too."""
+    with connection(port) as sock:
+        sock.sendall((PING_HEAD + "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+                      "HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n" + PING_HEAD + "\r\n").encode())
+        responses = Responses(sock)
+        first, second = responses.next(), responses.next()
+        assert (first[0], json.loads(first[2]), second[0]) == (200, {"message": "pong"}, 200)
+        assert "upgrade" not in first[1]
+        sock.sendall((PING_HEAD + "\r\n").encode())
+        assert responses.next()[0] == 200
+
+
+def test_targets_are_decoded_and_split_as_aiohttp_did(port):
+    """Percent-encoded paths are decoded before routing, the query is split off the path, an
+    absolute-form target is routed by its path, and a target with a bad escape is still served."""
+    c = chat()
+    with connection(port) as sock:
+        sock.sendall(send_request(c, "routed"))
+        assert read_response(sock)[0] == 200
+        for target in ("/p%69ng", "/ping?x=1&y=%20", "http://gw/ping", "/ping?a=%zz"):
+            sock.sendall(f"GET {target} HTTP/1.1\r\nHost: gw\r\n\r\n".encode())
+            status, _, body = read_response(sock)
+            assert (status, json.loads(body)) == (200, {"message": "pong"}), target
+        sock.sendall(f"GET /api/p%75ll?chat={c}&limit=5 HTTP/1.1\r\nHost: gw\r\n\r\n".encode())
+        status, _, body = read_response(sock)
+        assert status == 200 and [m["text"] for m in json.loads(body)["messages"]] == ["routed"]
+
+
+def test_a_body_finished_in_the_packet_of_the_next_requests(port):
+    """A request whose body starts in one packet and ends in the next, with two more requests
+    after it in that packet: each body goes to its own request, and all three in order."""
+    c = chat()
+    first, second = send_request(c, "split " * 20), send_request(c, "whole")
+    cut = len(first) - 40
+    with connection(port) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(first[:cut])
+        time.sleep(0.05)
+        sock.sendall(first[cut:] + second + b"GET /ping HTTP/1.1\r\nHost: gw\r\n\r\n")
+        responses = Responses(sock)
+        assert [responses.next()[0] for _ in range(3)] == [200, 200, 200]
+    assert pull_texts(port, c) == ["split " * 20, "whole"]
+
+
 def test_a_400_waits_for_the_answer_before_it(port):
     """A good request, then garbage before its answer: the good one is answered first, then the 400.
 
-    (Both in one packet, the parser refuses the packet whole, as aiohttp's own server does.)
+    (Both in one packet, the packet is refused whole, as aiohttp's own server does.)
     """
     c = chat()
     with connection(port) as sock:

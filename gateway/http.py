@@ -4,10 +4,10 @@ Why not ``aiohttp.web``: its request, response, router, middleware and payload-w
 about 110 us of CPU per request on the machine the benchmarks run on, against about 35 us for the
 same parsing in a bare protocol, and the whole Go gateway spends 112 us per request
 (docs/performance.md). Why not aiohttp's parser under this protocol, as until the tenth session:
-the message objects it makes for every request (a URL, a multidict pair, a body stream) cost a
-fifth of the gateway's request path; httptools runs the same llhttp and leaves the objects to
-the caller (side by side: 19% less gateway CPU per send, +6-11% sends per second). A body that is
-still arriving when its request starts goes into aiohttp's ``StreamReader``, as before.
+it makes a URL, a second multidict and a body stream for every request; httptools runs the same
+llhttp and leaves the objects to the caller (side by side: +0.4% to +6.8% sends per second in
+four runs, 3-6% less gateway CPU per request at a fixed rate). A body that is still arriving
+when its request starts goes into aiohttp's ``StreamReader``, as before.
 
 The API is four routes answering small JSON bodies, so what it needs of a server is small, and
 all of it is here:

@@ -233,7 +233,6 @@ class HttpConnection(asyncio.Protocol):
         self._target = b""
         self._fields: list[tuple[bytes, bytes]] = []
         self._chunks: list[bytes] = []  # its body, until it is whole or goes into a StreamReader
-        self._current: Message | None = None  # its head is complete, its body is not
         self._parsed: list[Message] = []  # heads completed by the data being fed
         # Read by the ConnectionLimiter's sweep:
         self.waiting_since: float | None = None  # since when a request has lacked complete headers
@@ -339,10 +338,9 @@ class HttpConnection(asyncio.Protocol):
         version = _VERSIONS.get(raw_version) or (int(raw_version[0]), int(raw_version[2]))
         if version == (1, 1) and "Host" not in headers:
             raise BadRequest(400, "Missing 'Host' header in request.")
-        self._current = msg = Message(parser.get_method().decode("ascii"),
-                                      self._target.decode("utf-8", "surrogateescape"), headers, version,
-                                      not parser.should_keep_alive())
-        self._parsed.append(msg)
+        self._parsed.append(Message(parser.get_method().decode("ascii"),
+                                    self._target.decode("utf-8", "surrogateescape"), headers, version,
+                                    not parser.should_keep_alive()))
         self._chunks = []
         self.waiting_since = None
 
@@ -353,14 +351,12 @@ class HttpConnection(asyncio.Protocol):
             self._chunks.append(body)
 
     def on_message_complete(self) -> None:
-        current, self._current = self._current, None
-        assert current is not None
-        if self._body is not None:  # fed as it came
+        if self._body is not None:  # its head came in an earlier feed: the body was a stream
             self._body.feed_eof()
             self._body = None
-        else:
+        else:  # its head came in this feed, so it is the last one parsed
             chunks = self._chunks
-            current.payload = Body(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+            self._parsed[-1].payload = Body(chunks[0] if len(chunks) == 1 else b"".join(chunks))
             self._chunks = []
 
     def eof_received(self) -> bool | None:
@@ -412,11 +408,12 @@ class HttpConnection(asyncio.Protocol):
         if self._paused:
             self.resume_reading()
         self.idle_since = None
-        self._task = self._loop.create_task(self._answer(msg, cast(Payload, msg.payload)))
+        self._task = self._loop.create_task(self._answer(msg))
 
-    async def _answer(self, msg: Message, payload: Payload) -> None:
+    async def _answer(self, msg: Message) -> None:
         server = self._server
         started = time.perf_counter() if server.access_log is not None else 0.0
+        payload = cast(Payload, msg.payload)  # always set before a message is queued
         request = Request(msg, payload, self)
         try:
             response = await server.app(request)

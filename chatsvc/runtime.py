@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import Coroutine
+import os
+from collections.abc import Collection, Coroutine
 from typing import Any
 
 # Requests allocate many short-lived containers. With the default gen-0 threshold (700) the cyclic
@@ -32,3 +33,21 @@ def run(coro: Coroutine[Any, Any, None]) -> None:
     """Run ``coro`` to completion on a new event loop (uvloop when available)."""
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         runner.run(coro)
+
+
+def wait_for_child_exit(pids: Collection[int]) -> None:
+    """Sleep until one of the child processes ``pids`` has exited, leaving it for its ``Popen`` to
+    reap (any other child that exits meanwhile is reaped here).
+
+    For supervisors: no polling. One that woke ten times a second to poll its children took a
+    CPU from the processes it supervises, now and then for milliseconds (docs/performance.md).
+    A signal's handler runs meanwhile; the wait goes on after it unless the handler raises.
+    """
+    while True:
+        try:
+            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)
+        except ChildProcessError:  # no child left to wait for
+            return
+        if info is None or info.si_pid in pids:
+            return
+        os.waitpid(info.si_pid, 0)

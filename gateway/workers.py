@@ -11,8 +11,9 @@ import logging
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
+
+from chatsvc.runtime import wait_for_child_exit
 
 log = logging.getLogger("gateway")
 
@@ -20,6 +21,7 @@ log = logging.getLogger("gateway")
 def supervise(argv: Sequence[str], workers: int) -> int:
     cmd = [sys.executable, "-m", "gateway", *argv, "--workers", "1", "--reuse-port", "true"]
     procs = [subprocess.Popen(cmd) for _ in range(workers)]
+    pids = {p.pid for p in procs}
     stopping = False
 
     def stop(signum: int, frame: object) -> None:
@@ -36,6 +38,6 @@ def supervise(argv: Sequence[str], workers: int) -> int:
         if not stopping and any(p.poll() is not None for p in procs):
             log.error("a gateway worker exited; stopping the others")
             stop(signal.SIGTERM, None)
-        time.sleep(0.1)
+        wait_for_child_exit(pids)
     codes = [p.returncode for p in procs]
     return 0 if stopping and all(c in (0, -signal.SIGTERM) for c in codes) else 1

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from chatsvc.embedded import redis_server_binary
+from chatsvc.runtime import wait_for_child_exit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,7 +78,7 @@ class Stack:
                 if proc.poll() is not None:
                     log(f"{name} exited with code {proc.returncode}; stopping the rest")
                     return
-            time.sleep(0.2)
+            wait_for_child_exit({proc.pid for _, proc in self.procs})
 
 
 def main() -> int:

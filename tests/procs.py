@@ -51,6 +51,25 @@ def wait_port(port: int, proc: subprocess.Popen[bytes] | None = None, timeout: f
     raise TimeoutError(f"nothing listening on port {port} after {timeout}s")
 
 
+def children(pid: int) -> list[int]:
+    """The pids of ``pid``'s child processes."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def wakeups(pid: int) -> int:
+    """How many times process ``pid`` has been switched to so far (its context switches)."""
+    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return sum(int(line.split()[1]) for line in status if line.split(":")[0].endswith("ctxt_switches"))
+
+
 @dataclass
 class Proc:
     """A child process listening on ``port``; its output goes to ``log``."""

@@ -12,19 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.procs import start_gateway
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
+from tests.procs import children, start_gateway, wakeups
 
 
 def wait_for(check, timeout=10.0):
@@ -41,8 +29,9 @@ def gateway2(logdir, chatsvc_proc):
     proc = start_gateway(logdir, chatsvc_proc.addr, None, "--workers", "2")
     assert wait_for(lambda: len(children(proc.popen.pid)) == 2)
     yield proc
+    workers = children(proc.popen.pid)  # before the supervisor dies: then they are init's
     proc.kill()
-    for pid in children(proc.popen.pid):
+    for pid in workers:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
 
@@ -65,3 +54,14 @@ def test_a_dead_worker_stops_the_gateway_with_an_error(gateway2):
     os.kill(first, signal.SIGKILL)
     assert gateway2.popen.wait(10) == 1
     assert wait_for(lambda: not Path(f"/proc/{second}").exists())
+
+
+def test_the_supervisor_sleeps_while_its_workers_serve(gateway2):
+    """It waits for a worker to exit instead of polling them (it woke ten times a second)."""
+    supervisor = gateway2.popen.pid
+    before = wakeups(supervisor)
+    for _ in range(10):
+        with urllib.request.urlopen(f"http://{gateway2.addr}/ping", timeout=5) as r:
+            assert r.status == 200
+        time.sleep(0.1)
+    assert wakeups(supervisor) - before <= 1

@@ -15,7 +15,7 @@ import urllib.request
 
 import pytest
 
-from tests.procs import ROOT, redis_server_binary, wait_port
+from tests.procs import ROOT, children, redis_server_binary, wait_port, wakeups
 
 EPHEMERAL_LOW = 32768  # Linux's default ip_local_port_range starts here
 
@@ -40,6 +40,19 @@ def fixed_ports(n: int) -> list[int]:
             continue
         return list(range(base, base + n))
     raise RuntimeError("no block of free ports below the ephemeral range")
+
+
+def stop_launcher(proc: subprocess.Popen[str]) -> None:
+    """After a failed check: Ctrl-C, so that the launcher stops its children. They run in sessions
+    of their own and would outlive a SIGKILL of the launcher."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
 
 
 @pytest.mark.parametrize("instances,workers", [(1, 1), (2, 2)])
@@ -68,9 +81,34 @@ def test_make_run_serves_and_stops_on_ctrl_c(tmp_path, instances, workers):
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=30)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        stop_launcher(proc)
     assert proc.returncode == 0, out
     assert out.count("stopped (exit code 0)") == 2 + instances, out  # redis, each chatsvc, gateway
     assert (tmp_path / "redis" / "appendonlydir").is_dir()  # the embedded Redis keeps an AOF
+
+
+def test_make_run_sleeps_until_a_child_exits_then_stops_the_rest(tmp_path):
+    """The launcher waits for its children instead of polling them (it woke five times a second),
+    and still notices at once when one exits by itself."""
+    svc, gw, rd = fixed_ports(3)
+    env = {**os.environ, "GATEWAY_PORT": str(gw), "CHATSVC_PORT": str(svc), "REDIS_PORT": str(rd),
+           "VAR_DIR": str(tmp_path), "CHATSVC_INSTANCES": "1", "GATEWAY_WORKERS": "1"}
+    env.pop("REDIS_URL", None)
+    proc = subprocess.Popen([sys.executable, "scripts/run_local.py"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_port(gw, proc, timeout=30)
+        time.sleep(0.3)
+        before = wakeups(proc.pid)
+        time.sleep(1.0)
+        assert wakeups(proc.pid) - before <= 1
+        chatsvc = [pid for pid in children(proc.pid)
+                   if b"chatsvc" in open(f"/proc/{pid}/cmdline", "rb").read()]
+        assert len(chatsvc) == 1
+        os.kill(chatsvc[0], signal.SIGKILL)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        stop_launcher(proc)
+    assert "chatsvc exited with code -9; stopping the rest" in out, out
+    assert out.count("stopped (exit code 0)") == 2, out  # the gateway and Redis, in order
+    assert proc.returncode == 1, out

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from bench.noise import NoiseSpec, NoiseUnavailable
 from bench.runner import Options, run
 from bench.system import ROOT, StartError, default_gateway_workers
 from bench.workload import ProbeFailed
@@ -30,6 +31,7 @@ examples:
       --vs-pid rpcserver=$(pgrep -f go-ref/bin/rpcserver)
   python -m bench --url http://127.0.0.1:8080 --only pull
   python -m bench --rate 1000 --clients 20 --duration 10
+  python -m bench --rate 1000 --noise 2/10 --vs http://127.0.0.1:9080
   python -m bench --thrift --chatsvc 127.0.0.1:8888
   python -m bench --redis-cluster 3 --vs http://127.0.0.1:9080 --rounds 5
 """
@@ -47,6 +49,13 @@ def positive_float(text: str) -> float:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {value}")
     return value
+
+
+def noise_spec(text: str) -> NoiseSpec:
+    try:
+        return NoiseSpec.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def named_pid(text: str) -> tuple[str, int]:
@@ -104,6 +113,9 @@ def parser() -> argparse.ArgumentParser:
     modes.add_argument("--clients", type=positive_int, default=20, help="with --rate: clients sharing it; default 20")
     modes.add_argument("--messages", type=positive_int, default=100_000,
                        help="with --memory: messages to store; default 100000")
+    p.add_argument("--noise", type=noise_spec, metavar="BUSY/PERIOD",
+                   help="emulated CPU contention during every round: on each CPU a real-time spinner busy for "
+                        "BUSY ms of every PERIOD ms (e.g. 2/10; needs root or CAP_SYS_NICE)")
     p.add_argument("--results", type=Path, default=ROOT / "bench" / "results",
                    help="output directory (default bench/results)")
     return p
@@ -125,13 +137,15 @@ def options(argv: Sequence[str] | None = None) -> Options:
         p.error("--redis-cluster: a Redis Cluster needs at least 3 masters")
     if a.cluster_replicas < 0:
         p.error("--cluster-replicas must not be negative")
+    if a.noise and mode == "memory":
+        p.error("--noise applies to the loads, not to --memory")
     default_loads = ("send",) if mode == "rate" else ("send", "pull")
     return Options(mode=mode, loads=(a.only,) if a.only else default_loads, label=a.label, url=a.url, vs=a.vs,
                    vs_label=a.vs_label, vs_pids=tuple(a.vs_pid), chatsvc=a.chatsvc, transport=a.transport, conns=a.conns,
                    duration=a.duration, rounds=a.rounds, rate=a.rate or 0.0, clients=a.clients,
                    generator=a.generator, messages=a.messages, results_dir=a.results,
                    gateway_workers=a.gateway_workers, chatsvc_args=tuple(a.chatsvc_arg),
-                   redis_cluster=a.redis_cluster, cluster_replicas=a.cluster_replicas)
+                   redis_cluster=a.redis_cluster, cluster_replicas=a.cluster_replicas, noise=a.noise)
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
@@ -150,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted: stopped the processes the bench started", file=sys.stderr)
         return 130
-    except (ProbeFailed, StartError, WrkFailed, RPCError) as exc:
+    except (ProbeFailed, StartError, WrkFailed, RPCError, NoiseUnavailable) as exc:
         print(f"FAIL: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -8,6 +8,7 @@ its results; ``run`` then prints the tables and writes the JSON and the plot.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import platform
@@ -24,6 +25,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from bench import loadgen, memory, report, thrift, workload, wrk
+from bench.noise import Noise, NoiseSpec
 from bench.stats import LoadResult, Measurement, summarize
 from bench.system import ROOT, CpuMeter, Proc, System, default_gateway_workers
 from chatsvc.client import ChatClient
@@ -55,6 +57,7 @@ class Options:
     chatsvc_args: tuple[str, ...] = ()
     redis_cluster: int = 0  # masters of a Redis Cluster to start instead of one redis-server (0: none)
     cluster_replicas: int = 1
+    noise: NoiseSpec | None = None  # emulated CPU contention during every round (bench.noise)
 
 
 @dataclass(frozen=True)
@@ -91,10 +94,11 @@ async def interleaved(targets: list[Target], loads: tuple[str, ...], opts: Optio
         for rnd in range(1, opts.rounds + 1):
             for target in targets if rnd % 2 else targets[::-1]:
                 await probe(target)
-                meter = CpuMeter(target.system, target.watched)
-                meter.start()
-                m = await measure(target, load)
-                cpu = meter.stop()
+                async with Noise(opts.noise) if opts.noise else contextlib.nullcontext():
+                    meter = CpuMeter(target.system, target.watched)
+                    meter.start()
+                    m = await measure(target, load)
+                    cpu = meter.stop()
                 if target.system is not None:
                     target.system.check_alive()
                 result = LoadResult(target.label, name_of(load), rnd, "", m, cpu)
@@ -214,6 +218,8 @@ def run(opts: Options) -> None:
         targets = start_targets(opts, system)
         for t in targets:
             print(f"target {t.label}: {t.address}{_started(t)}", flush=True)
+        if opts.noise:
+            print(f"noise during every round: {opts.noise.describe()}", flush=True)
         outcome = run_async(dispatch(opts, targets, system))
         peaks = system.peak_rss()  # before the processes stop
     doc = document(opts, stamp, targets, outcome, peaks, host_info(load_before))

@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -60,17 +61,21 @@ class NoiseSpec:
 class Noise:
     """One spinner per CPU for the duration of an ``async with`` block."""
 
-    def __init__(self, spec: NoiseSpec, cpus: int | None = None) -> None:
+    def __init__(self, spec: NoiseSpec, cpus: Collection[int] | None = None) -> None:
         self.spec = spec
-        self.cpus = cpus or os.cpu_count() or 1
+        self.cpus = sorted(cpus if cpus is not None else os.sched_getaffinity(0))  # those it may use
         self.procs: list[subprocess.Popen[bytes]] = []
 
     async def __aenter__(self) -> Noise:
-        for cpu in range(self.cpus):
+        for cpu in self.cpus:
             cmd = [sys.executable, "-m", "bench.noise", "--cpu", str(cpu), "--busy", str(self.spec.busy_ms),
                    "--period", str(self.spec.period_ms), "--parent", str(os.getpid())]
             self.procs.append(subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE))
-        await asyncio.sleep(START_CHECK_S)
+        try:
+            await asyncio.sleep(START_CHECK_S)
+        except BaseException:  # cancelled (Ctrl-C): no spinner outlives the block
+            self.stop()
+            raise
         failed = [p for p in self.procs if p.poll() is not None]
         if failed:
             message = failed[0].communicate()[1].decode(errors="replace").strip()
@@ -113,11 +118,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--period", type=float, required=True, help="ms")
     p.add_argument("--parent", type=int, required=True, help="stop when this process is no longer the parent")
     a = p.parse_args(argv)
-    spec = NoiseSpec(a.busy, a.period)
-    NoiseSpec.parse(f"{spec.busy_ms}/{spec.period_ms}")  # the same bounds as the bench's option
+    try:
+        spec = NoiseSpec.parse(f"{a.busy}/{a.period}")  # the bounds of the bench's option
+    except ValueError as exc:
+        p.error(str(exc))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        spin(a.cpu, a.busy / 1000, a.period / 1000, a.parent)
+        spin(a.cpu, spec.busy_ms / 1000, spec.period_ms / 1000, a.parent)
     except PermissionError:
         print("--noise needs the right to run at SCHED_FIFO priority (root or CAP_SYS_NICE)", file=sys.stderr)
         return 2

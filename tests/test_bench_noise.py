@@ -55,18 +55,18 @@ def test_noise_does_not_apply_to_memory(capsys):
 
 def test_spinners_take_their_share_of_each_cpu_at_realtime_priority():
     need_tool(fifo_allowed(), "SCHED_FIFO needs root or CAP_SYS_NICE")
-    cpus = os.cpu_count() or 1
+    cpus = sorted(os.sched_getaffinity(0))
 
     async def measure() -> tuple[list[int], list[float]]:
-        async with Noise(NoiseSpec(2, 10), cpus) as noise:
+        async with Noise(NoiseSpec(2, 10)) as noise:
             pids = [p.pid for p in noise.procs]
             policies = [os.sched_getscheduler(pid) for pid in pids]
             affinities = [os.sched_getaffinity(pid) for pid in pids]
             before = [cpu_seconds(pid) for pid in pids]
             await asyncio.sleep(1.5)
             used = [cpu_seconds(pid) - b for pid, b in zip(pids, before, strict=True)]
-        assert policies == [os.SCHED_FIFO] * cpus
-        assert affinities == [{cpu} for cpu in range(cpus)]
+        assert policies == [os.SCHED_FIFO] * len(cpus)
+        assert affinities == [{cpu} for cpu in cpus]
         return pids, used
 
     pids, used = asyncio.run(measure())
@@ -97,7 +97,7 @@ def test_without_the_right_to_realtime_the_bench_says_so():
 
 def test_a_refused_spinner_fails_the_noise_with_its_message(monkeypatch):
     # The unprivileged case in process: every spinner exits at once with its error.
-    noise = Noise(NoiseSpec(20, 40), cpus=1)
+    noise = Noise(NoiseSpec(20, 40), cpus=[0])
     real_popen = subprocess.Popen
 
     def refusing(cmd, **kwargs):

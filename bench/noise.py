@@ -25,10 +25,10 @@ import sys
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
-from pathlib import Path
 from types import TracebackType
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench.system import ROOT
+
 START_CHECK_S = 0.2  # how long the spinners have to report a refused priority
 FIFO_PRIORITY = 1
 
@@ -45,12 +45,12 @@ class NoiseSpec:
     @classmethod
     def parse(cls, text: str) -> NoiseSpec:
         """``BUSY/PERIOD`` in milliseconds, e.g. ``2/10``."""
-        busy, sep, period = text.partition("/")
+        busy, _, period = text.partition("/")  # no "/": period is "", refused below
         try:
             spec = cls(float(busy), float(period))
         except ValueError:
             raise ValueError(f"expected BUSY/PERIOD in milliseconds (e.g. 2/10), got {text!r}") from None
-        if not sep or spec.busy_ms <= 0 or spec.period_ms < 2 * spec.busy_ms:
+        if spec.busy_ms <= 0 or spec.period_ms < 2 * spec.busy_ms:
             raise ValueError(f"expected 0 < BUSY <= PERIOD / 2 (milliseconds), got {text!r}")
         return spec
 

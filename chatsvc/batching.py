@@ -1,11 +1,13 @@
-"""Automatic pipelining for redis-py asyncio: concurrent callers' commands share round trips.
+"""Automatic pipelining for Redis: concurrent callers' commands share round trips.
 
 Under load many calls wait on Redis at once. Sending their commands one by one costs a write, a
-read and redis-py's per-command machinery each. Here every command goes into a queue; a small,
-fixed set of dedicated redis-py connections each takes the whole queue (up to ``max_batch``)
-as one pipelined write, reads the replies in order, and comes back for more. While all
-connections are busy the queue grows, so batches grow with the load by themselves. Each caller
-still gets its own reply or its own error.
+read and redis-py's per-command machinery each. Here the commands queued in one pass of the event
+loop go out in one pipelined write on one connection, and hiredis reads the replies as they come,
+in order, straight from the socket (an ``asyncio.Protocol``, ``_Link``): no task, stream or
+coroutine per batch or per reply. A connection takes the next pass's commands while it still
+waits for replies, so batches follow the load by themselves, and a lone command at low load costs
+one write and one read. Each caller still gets its own reply or its own error. redis-py still
+opens each connection (TLS, AUTH, SELECT... as the URL says) before the link takes its socket.
 
 On a Redis Cluster, ``ClusterBatcher`` keeps one such batcher per master and sends each command to
 the master of its key's hash slot (see its docstring for redirections, failures and failovers);
@@ -17,10 +19,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
+import hiredis
 import redis.asyncio as aioredis
+from redis._parsers.base import BaseParser
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -29,6 +34,7 @@ from redis.exceptions import (
     AskError,
     ClusterDownError,
     ClusterError,
+    InvalidResponse,
     MovedError,
     RedisClusterException,
     RedisError,
@@ -37,6 +43,8 @@ from redis.exceptions import (
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from chatsvc.wire.writer import CoalescingWriter
 
 log = logging.getLogger("chatsvc.batching")
 
@@ -108,174 +116,250 @@ def pack_commands(conn: Any, commands: list[Command]) -> bytes | list[bytes]:
     return b"".join(out)
 
 
-class _Link:
-    """A dedicated connection, and the deadline of the batch in flight on it.
+def parse_error(response: str) -> ResponseError:
+    """A Redis error reply as redis-py's exception for it (NOSCRIPT, MOVED, ASK, WRONGTYPE...)."""
+    return BaseParser.parse_error(response)  # type: ignore[no-any-return,no-untyped-call]
 
-    Each batch must be answered within ``timeout`` seconds of being sent. Instead of a timer
-    created and cancelled per batch (``asyncio.timeout`` was ~5% of chatsvc's profile samples at
-    2,000 sends/s, where batches are small), one timer per connection is re-armed lazily: when it
-    fires, it looks at the batch in flight then (if any) and cancels it if that batch is late,
-    else waits for that batch's deadline.
+
+async def take_over(conn: Any) -> asyncio.StreamWriter:
+    """Connect ``conn`` (a redis-py asyncio connection) and take its socket from it.
+
+    redis-py does everything a connection needs before its first command: TCP or TLS, AUTH,
+    SELECT, CLIENT SETNAME, HELLO, as its URL says. After that the socket's transport carries on
+    under a ``_Link``, without redis-py's stream reader in the way, and redis-py no longer holds
+    it (its finalizer would close it). The caller keeps the returned stream writer until it has
+    closed the transport: from Python 3.13 a writer closes its transport when it is collected.
+    """
+    await conn.connect()
+    writer: asyncio.StreamWriter = conn._writer
+    conn._reader = conn._writer = None
+    return writer
+
+
+CLOSED, CONNECTING, OPEN = 0, 1, 2
+
+
+class _Link(CoalescingWriter, asyncio.Protocol):
+    """One Redis connection carrying pipelined commands.
+
+    Every command queued on it in one pass of the event loop goes out in one write at the end of
+    that pass (or as soon as ``max_batch`` are queued); replies are read by hiredis as they arrive
+    and handed to the commands in order. Each command must be answered within ``timeout`` seconds
+    of being queued: one timer per connection, re-armed for the oldest command still waiting,
+    rather than a timer per command. A late reply, a malformed one or a lost connection fails every
+    command still waiting on the connection (their replies can no longer be matched), and the next
+    command opens a fresh one.
     """
 
-    __slots__ = ("conn", "task", "expired", "_timeout", "_loop", "_sent_at", "_timer")
-
-    def __init__(self, conn: Any, timeout: float | None) -> None:
-        self.conn = conn
-        self.task: asyncio.Task[None] | None = None  # the batch's task, set by the dispatcher
-        self.expired = False  # the timer cancelled the batch in flight
-        self._timeout = timeout
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._sent_at: float | None = None  # while a batch is in flight
+    def __init__(self, batcher: CommandBatcher) -> None:
+        super().__init__()
+        self._batcher = batcher
+        self.conn = batcher.make_connection()  # the next connection's handshake, and the packer
+        self.state = CLOSED
+        self.waiting: deque[tuple[asyncio.Future[Any], float]] = deque()  # (command, queued at)
+        self._batch = 0  # commands queued since the last write
         self._timer: asyncio.TimerHandle | None = None
+        self._connecting: asyncio.Task[None] | None = None
+        self._stream: asyncio.StreamWriter | None = None  # see take_over
+        self._reader = self._new_reader()
 
-    def begin(self) -> None:
-        """A batch is being sent now."""
-        if self._timeout is None:
+    def _new_reader(self) -> Any:
+        encoder = getattr(self.conn, "encoder", None)
+        decode = {"encoding": encoder.encoding, "errors": encoder.encoding_errors} if (
+            encoder is not None and encoder.decode_responses) else {}
+        return hiredis.Reader(protocolError=InvalidResponse, replyError=parse_error, notEnoughData=False,
+                              **decode)
+
+    def add(self, args: Command, fut: asyncio.Future[Any]) -> None:
+        """Queue one command in this pass's write; its reply (or error) goes to ``fut``."""
+        self.append(args, fut)
+        if self._batch >= self._batcher.max_batch:
+            self._batcher.sealed(self)
+            self.flush()
+        else:
+            self.flush_soon()
+
+    def append(self, args: Command, fut: asyncio.Future[Any]) -> None:
+        """``add`` without ending the batch or scheduling the write."""
+        self._out.append(_pack(self.conn, args))
+        self.waiting.append((fut, self._loop.time()))
+        self._batch += 1
+        if self._timer is None and self._batcher.timeout is not None:
+            self._timer = self._loop.call_later(self._batcher.timeout, self._check)
+        if self.state == CLOSED:
+            self._connect()
+
+    def flush(self) -> None:
+        self._flush_scheduled = False
+        if self.state != OPEN or not self._out:
+            return  # written once the connection is open
+        self._batcher.sealed(self)
+        self._batch = 0
+        data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
+        self._out.clear()
+        self._batcher.batches_sent += 1
+        assert self.transport is not None
+        if not self.transport.is_closing():  # else the server has just closed it: connection_lost follows
+            self.transport.write(data)
+
+    # -- the connection
+
+    def _connect(self) -> None:
+        self.state = CONNECTING
+        self._connecting = self._loop.create_task(self._open(self.conn))
+
+    async def _open(self, conn: Any) -> None:
+        try:
+            stream = await take_over(conn)
+        except Exception as exc:  # every way a connect fails fails the commands waiting for it
+            if self.conn is conn:
+                self._reset(as_connection_error(exc))
             return
-        if self._loop is None:
-            self._loop = asyncio.get_running_loop()
-        self.expired = False
-        self._sent_at = now = self._loop.time()
-        if self._timer is None:
-            self._timer = self._loop.call_at(now + self._timeout, self._check)
+        except asyncio.CancelledError:  # _reset: the commands it was for timed out (a hung server)
+            with contextlib.suppress(Exception):
+                await conn.disconnect(nowait=True)
+            raise
+        finally:
+            if self._connecting is asyncio.current_task():
+                self._connecting = None
+        if self.conn is not conn:  # the commands it was for timed out meanwhile
+            stream.close()
+            return
+        self._stream = stream
+        self.transport = transport = cast(asyncio.Transport, stream.transport)
+        self.state = OPEN
+        transport.set_protocol(self)
+        self.flush()
 
-    def end(self) -> None:
-        self._sent_at = None
+    def data_received(self, data: bytes) -> None:
+        reader = self._reader
+        reader.feed(data)
+        waiting = self.waiting
+        try:
+            while (reply := reader.gets()) is not False:
+                fut = waiting.popleft()[0]
+                if fut.done():
+                    continue
+                if isinstance(reply, Exception):  # an error reply: a ResponseError, or LOADING's
+                    fut.set_exception(reply)      # BusyLoadingError, a ConnectionError
+                else:
+                    fut.set_result(reply)
+        except (InvalidResponse, IndexError) as exc:  # IndexError: a reply to no command
+            problem = str(exc) if isinstance(exc, InvalidResponse) else "a reply to no command"
+            log.warning("dropping a Redis connection: %s", problem)
+            self._reset(RedisConnectionError(f"Redis protocol error: {problem}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._reset(RedisConnectionError(f"connection lost: {exc or 'closed by server'}"))
+
+    def _reset(self, failure: Exception) -> None:
+        """Drop the connection and fail every command waiting on it; the next command connects again."""
+        if self.transport is not None:
+            self.transport.set_protocol(asyncio.Protocol())  # its last callbacks are not ours
+            self.transport.abort()
+            self.transport = None
+            self._stream = None
+        if self._connecting is not None and self._connecting is not asyncio.current_task():
+            self._connecting.cancel()
+        self.state = CLOSED
+        self._out.clear()
+        self._batch = 0
+        self.conn = self._batcher.make_connection()
+        self._reader = self._new_reader()
+        waiting, self.waiting = self.waiting, deque()
+        for fut, _ in waiting:
+            if not fut.done():
+                fut.set_exception(failure)
+        self._batcher.dropped(self)
 
     def _check(self) -> None:
+        """The timer: drop the connection if its oldest command is late, else wait for that one."""
         self._timer = None
-        if self._sent_at is None or self._timeout is None or self._loop is None:
-            return  # no batch in flight: the next one arms the timer again
-        due = self._sent_at + self._timeout
-        if self._loop.time() < due:  # a later batch: wait for its deadline
+        if not self.waiting or self._batcher.timeout is None:
+            return
+        due = self.waiting[0][1] + self._batcher.timeout
+        if self._loop.time() < due:
             self._timer = self._loop.call_at(due, self._check)
-        elif self.task is not None:
-            self.expired = True
-            self.task.cancel()
+        else:
+            self._reset(RedisTimeoutError("Timeout reading from Redis"))
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        """Once every command queued here is answered (or has failed), close the connection."""
+        self.flush()
+        if self.waiting:
+            await asyncio.wait([fut for fut, _ in self.waiting])
+        if self._connecting is not None:
+            await asyncio.wait([self._connecting])
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None
+            self._stream = None
+        self.state = CLOSED
+
+
+def _pack(conn: Any, args: Command) -> bytes:
+    packed = pack_commands(conn, [args])
+    return packed if isinstance(packed, bytes) else b"".join(packed)
 
 
 class CommandBatcher:
-    """Automatic pipelining over ``connections`` dedicated connections to one Redis server.
+    """Automatic pipelining over up to ``connections`` connections to one Redis server.
 
-    The connections come from ``client``'s pool settings, or from ``make_connection`` (a Redis
-    Cluster node's, see ``ClusterBatcher``). Each batch must be answered within ``timeout``
-    seconds (``client``'s ``socket_timeout`` by default): one deadline per batch (see ``_Link``)
-    replaces redis-py's timeout per read and per write (a timer per reply, a task per write), which
-    cost more than reading the replies.
+    The connections are made by ``client``'s pool settings, or by ``make_connection`` (a Redis
+    Cluster node's, see ``ClusterBatcher``), and opened when first needed. The commands of one
+    loop pass go to one connection in one write: the connection with the fewest replies
+    outstanding (at low load, always the first). A connection takes new commands while it waits
+    for replies. Each command must be answered within ``timeout`` seconds (``client``'s
+    ``socket_timeout`` by default; see ``_Link``).
     """
 
     def __init__(self, client: aioredis.Redis | None = None, connections: int = 4, max_batch: int = 512, *,
                  make_connection: Callable[[], Any] | None = None, timeout: float | None = None) -> None:
-        connect: Callable[[], Any]
-        if make_connection is not None:
-            connect = make_connection
-        else:
+        if make_connection is None:
             assert client is not None, "CommandBatcher needs a client or make_connection"
-            connect, pool_timeout = _untimed_connections(client.connection_pool)
+            make_connection, pool_timeout = _untimed_connections(client.connection_pool)
             timeout = pool_timeout if timeout is None else timeout
-        self._idle: list[_Link] = [_Link(connect(), timeout or None) for _ in range(connections)]
-        self._all = list(self._idle)
-        self._max_batch = max_batch
-        self._queue: list[tuple[Command, asyncio.Future[Any]]] = []
-        self._batch_starting = False
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.make_connection = make_connection
+        self.timeout = timeout or None
+        self.max_batch = max_batch
+        self._connections = connections
+        self._links: list[_Link] = []  # made in the event loop, with the first command
+        self._filling: _Link | None = None  # the connection taking this pass's commands
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.batches_sent = 0
+        self.batches_sent = 0  # writes
 
     async def execute(self, *args: Any) -> Any:
-        """Run one command in the next batch; returns its reply or raises its error."""
-        loop = self._loop
-        if loop is None:  # the connections' loop, looked up once (each lookup is a getpid() call)
-            loop = self._loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Any] = loop.create_future()
-        self._queue.append((args, fut))
-        if self._idle and not self._batch_starting:
-            self._start_batch(loop)
+        """Run one command in this pass's batch; returns its reply or raises its error."""
+        link = self._filling or self._pick()
+        fut: asyncio.Future[Any] = link._loop.create_future()
+        link.add(args, fut)
         return await fut
 
-    def _start_batch(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Start a task on an idle connection. It takes its batch when it first runs, in the next
-        loop pass: every command queued until then (up to ``max_batch``). Starting the task at
-        once, rather than from a callback in the next pass, saves a loop pass per batch."""
-        self._batch_starting = True
-        link = self._idle.pop()
-        link.task = loop.create_task(self._run(link))
-        self._tasks.add(link.task)
+    def _pick(self) -> _Link:
+        if not self._links:
+            self._links = [_Link(self) for _ in range(self._connections)]
+        self._filling = link = min(self._links, key=_replies_due)
+        return link
 
-    async def _run(self, link: _Link) -> None:
-        self._batch_starting = False
-        batch = self._queue[: self._max_batch]
-        del self._queue[: self._max_batch]
-        if self._queue and self._idle:  # more than one batch is waiting
-            self._start_batch(self._loop or asyncio.get_running_loop())
-        try:
-            if batch:
-                self.batches_sent += 1
-                await self._exchange(link, batch)
-        finally:
-            # Bookkeeping as the batch ends, rather than in a done callback (one less callback).
-            self._tasks.discard(link.task)
-            self._idle.append(link)
-            if self._queue and not self._batch_starting:
-                self._start_batch(self._loop or asyncio.get_running_loop())
+    def sealed(self, link: _Link) -> None:
+        """``link``'s batch is complete and about to be written: the next command starts another."""
+        if self._filling is link:
+            self._filling = None
 
-    async def _exchange(self, link: _Link, batch: list[tuple[Command, asyncio.Future[Any]]]) -> None:
-        conn = link.conn
-        try:
-            await self._timed(link, batch)
-        except Exception as exc:  # the connection failed: every command still waiting fails with it
-            await conn.disconnect(nowait=True)
-            failure = as_connection_error(exc)
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(failure)
-        except BaseException:
-            await conn.disconnect(nowait=True)
-            for _, fut in batch:
-                fut.cancel()
-            raise
-
-    async def _timed(self, link: _Link, batch: list[tuple[Command, asyncio.Future[Any]]]) -> None:
-        """``_send_and_read``, raising TimeoutError if ``link``'s timer cut it off."""
-        link.begin()
-        try:
-            await self._send_and_read(link.conn, batch)
-        except asyncio.CancelledError:
-            if not link.expired or link.task is None:
-                raise
-            link.task.uncancel()
-            raise TimeoutError from None
-        finally:
-            link.end()
-
-    @staticmethod
-    async def _send_and_read(conn: Any, batch: list[tuple[Command, asyncio.Future[Any]]]) -> None:
-        await conn.send_packed_command(pack_commands(conn, [args for args, _ in batch]), check_health=False)
-        for _, fut in batch:
-            try:
-                reply = await conn.read_response()
-            except ResponseError as exc:  # this command failed; the connection is still in step
-                if not fut.done():
-                    fut.set_exception(exc)
-                continue
-            if not fut.done():
-                fut.set_result(reply)
+    def dropped(self, link: _Link) -> None:
+        """``link``'s connection was dropped, and the commands on it failed."""
+        if self._filling is link:
+            self._filling = None
 
     async def close(self) -> None:
-        while self._queue or self._tasks:
-            if self._tasks:
-                await asyncio.wait(set(self._tasks))
-            else:
-                self._start_batch(asyncio.get_running_loop())
-        for link in self._all:
-            link.close()
-            await link.conn.disconnect()
+        await asyncio.gather(*(link.close() for link in self._links))
+
+
+def _replies_due(link: _Link) -> int:
+    return len(link.waiting)
 
 
 # --- Redis Cluster ---------------------------------------------------------------------------------
@@ -310,31 +394,38 @@ class ReplicatedBatcher(CommandBatcher):
         super().__init__(*args, **kwargs)
         self._replicas = replicas
         self._wait: Command = ("WAIT", replicas, timeout_ms)
+        # per connection, the writes of the batch being filled: (caller's future, reply's future)
+        self._held: dict[_Link, list[tuple[asyncio.Future[Any], asyncio.Future[Any]]]] = {}
 
-    async def _exchange(self, link: _Link, batch: list[tuple[Command, asyncio.Future[Any]]]) -> None:
-        loop = asyncio.get_running_loop()
-        held: list[tuple[asyncio.Future[Any], asyncio.Future[Any]]] = []  # (caller's future, proxy)
-        sent: list[tuple[Command, asyncio.Future[Any]]] = []
-        for args, fut in batch:
-            if args[0] in WRITE_COMMANDS:
-                proxy: asyncio.Future[Any] = loop.create_future()
-                held.append((fut, proxy))
-                sent.append((args, proxy))
-            else:
-                sent.append((args, fut))
-        if not held:
-            return await super()._exchange(link, batch)
-        waited: asyncio.Future[Any] = loop.create_future()
-        sent.append((self._wait, waited))
-        try:
-            await super()._exchange(link, sent)
-        finally:
-            self._settle(held, waited)
+    async def execute(self, *args: Any) -> Any:
+        if args[0] not in WRITE_COMMANDS:
+            return await super().execute(*args)
+        link = self._filling or self._pick()
+        loop = link._loop
+        fut: asyncio.Future[Any] = loop.create_future()
+        proxy: asyncio.Future[Any] = loop.create_future()
+        self._held.setdefault(link, []).append((fut, proxy))
+        link.add(args, proxy)
+        return await fut
+
+    def sealed(self, link: _Link) -> None:
+        held = self._held.pop(link, None)
+        if held:
+            waited: asyncio.Future[Any] = link._loop.create_future()
+            link.append(self._wait, waited)
+            waited.add_done_callback(lambda w: self._settle(held, w))
+        super().sealed(link)
+
+    def dropped(self, link: _Link) -> None:
+        held = self._held.pop(link, None)
+        if held:  # their replies failed with the connection: so do they
+            self._settle(held, None)
+        super().dropped(link)
 
     def _settle(self, held: list[tuple[asyncio.Future[Any], asyncio.Future[Any]]],
-                waited: asyncio.Future[Any]) -> None:
+                waited: asyncio.Future[Any] | None) -> None:
         failure: BaseException | None = None
-        if not waited.done() or waited.cancelled():
+        if waited is None or not waited.done() or waited.cancelled():
             failure = NotReplicated("WAIT did not complete")
         elif waited.exception() is not None:
             failure = NotReplicated(f"WAIT failed: {waited.exception()}")

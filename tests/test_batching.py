@@ -7,10 +7,13 @@ import time
 
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from chatsvc.batching import CommandBatcher, known_arguments, pack_commands
+from chatsvc.errors import StorageUnavailable
 from chatsvc.storage import SEND_SCRIPT_SHA, RedisStorage
+from tests.procs import start_redis
 
 
 @pytest.fixture
@@ -41,6 +44,97 @@ async def test_max_batch_splits_large_bursts(client):
     batcher = CommandBatcher(client, max_batch=10)
     await asyncio.gather(*[batcher.execute("PING") for _ in range(35)])
     assert batcher.batches_sent == 4
+
+
+async def test_a_lone_command_is_one_write_on_the_first_connection(client):
+    """At low load each command goes out at once, in its own write, on the one connection that is
+    open: no connection is opened that a command did not need."""
+    batcher = CommandBatcher(client, connections=4)
+    await client.config_resetstat()
+    for i in range(10):
+        assert await batcher.execute("INCR", "n") == i + 1
+    assert batcher.batches_sent == 10
+    info = await client.info("stats")
+    assert info["total_connections_received"] == 1
+    await batcher.close()
+
+
+async def test_a_slow_command_does_not_hold_up_the_next_ones(client):
+    """A connection waiting for a reply still takes commands, but the next pass's go to the
+    connection with the fewest replies due: a blocked BLPOP does not delay a PING behind it."""
+    batcher = CommandBatcher(client, connections=2)
+    blocked = asyncio.ensure_future(batcher.execute("BLPOP", "nothing", "1"))
+    await asyncio.sleep(0.05)
+    start = time.monotonic()
+    assert await batcher.execute("PING") == "PONG"
+    assert time.monotonic() - start < 0.5
+    assert await blocked is None
+    await batcher.close()
+
+
+async def test_a_connection_the_server_drops_fails_its_commands_and_the_next_one_reconnects(client):
+    batcher = CommandBatcher(client, connections=1)
+    blocked = asyncio.ensure_future(batcher.execute("BLPOP", "nothing", "5"))
+    await asyncio.sleep(0.05)
+    assert await client.client_kill_filter(_type="normal", skipme=True) >= 1
+    with pytest.raises(RedisConnectionError):
+        await asyncio.wait_for(blocked, 2)
+    assert await batcher.execute("PING") == "PONG"
+    await batcher.close()
+
+
+async def test_an_error_reply_redis_py_counts_as_a_connection_error_fails_its_command():
+    """A restarted Redis answers LOADING while it reads its AOF, which redis-py turns into a
+    BusyLoadingError, a ConnectionError rather than a ResponseError: the send must fail (503),
+    never pass as stored (a kill -9 test caught it)."""
+    import hiredis
+    from redis.exceptions import BusyLoadingError
+
+    async def loading(reader, writer):
+        requests = hiredis.Reader()
+        while data := await reader.read(65536):
+            requests.feed(data)
+            while (command := requests.gets()) is not False:
+                name = command[0].upper()  # HELLO and CLIENT (the handshake) work while loading
+                writer.write(b"%1\r\n+proto\r\n:3\r\n" if name == b"HELLO" else b"+OK\r\n" if name == b"CLIENT"
+                             else b"-LOADING Redis is loading the dataset in memory\r\n")
+        writer.close()
+
+    server = await asyncio.start_server(loading, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        storage = RedisStorage.from_url(f"redis://127.0.0.1:{port}/0", pool_size=4, timeout=2, connect_timeout=1)
+        with pytest.raises(StorageUnavailable) as info:
+            await storage.append("a:b", "a", "hi")
+        assert isinstance(info.value.__cause__, BusyLoadingError)
+        await storage.close()
+    finally:
+        server.close()
+
+
+async def test_the_url_s_password_and_database_are_used(logdir):
+    """redis-py opens each connection (AUTH, SELECT) before the batcher takes its socket."""
+    proc = start_redis(logdir, None, None, False, "--requirepass", "s3cret")
+    try:
+        storage = RedisStorage.from_url(f"redis://:s3cret@{proc.addr}/3", pool_size=4, timeout=2,
+                                        connect_timeout=1)
+        try:
+            await storage.append("a:b", "a", "hi")
+            assert [r.text for r in await storage.page("a:b", 0, 10, reverse=False)] == ["hi"]
+        finally:
+            await storage.close()
+        raw = aioredis.Redis.from_url(f"redis://:s3cret@{proc.addr}/3")
+        assert await raw.exists("chat:{a:b}") == 1
+        assert await raw.execute_command("SELECT", 0) and await raw.dbsize() == 0
+        await raw.aclose()
+        wrong = RedisStorage.from_url(f"redis://:wrong@{proc.addr}/3", pool_size=4, timeout=2, connect_timeout=1)
+        try:
+            with pytest.raises(StorageUnavailable):
+                await wrong.append("a:b", "a", "hi")
+        finally:
+            await wrong.close()
+    finally:
+        proc.kill()
 
 
 @pytest.mark.parametrize("batch", [True, False])
@@ -76,7 +170,8 @@ async def test_connection_failure_fails_every_waiting_command():
 
 async def test_a_batch_that_stays_unanswered_times_out():
     """A server that accepts and never answers: the batch fails with a redis TimeoutError after the
-    batcher's timeout (one timer per connection, see _Link), and so does every command in it."""
+    batcher's timeout (one timer per connection, see _Link), and so does every command in it.
+    The hung handshake is abandoned, so closing the batcher does not wait for it."""
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
     async def silent(reader, writer):

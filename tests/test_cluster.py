@@ -241,7 +241,10 @@ async def test_moved_and_ask_are_followed_and_the_send_runs_once(storage, redis_
 
 
 class ClosedTransportConnection:
-    """A connection whose write fails as uvloop's does when the server has just closed it."""
+    """A connection whose handshake fails as uvloop's write does when the server has just closed it."""
+
+    async def connect(self):
+        raise RuntimeError("unable to perform operation on <TCPTransport closed=True>; the handler is closed")
 
     def pack_commands(self, commands):
         return [b"".join(str(c).encode() for c in commands)]

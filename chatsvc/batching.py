@@ -248,6 +248,9 @@ class _Link(CoalescingWriter, asyncio.Protocol):
             problem = str(exc) if isinstance(exc, InvalidResponse) else "a reply to no command"
             log.warning("dropping a Redis connection: %s", problem)
             self._reset(RedisConnectionError(f"Redis protocol error: {problem}"))
+            return
+        if not waiting:
+            self._batcher.idle(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._reset(RedisConnectionError(f"connection lost: {exc or 'closed by server'}"))
@@ -271,6 +274,7 @@ class _Link(CoalescingWriter, asyncio.Protocol):
             if not fut.done():
                 fut.set_exception(failure)
         self._batcher.dropped(self)
+        self._batcher.idle(self)
 
     def _check(self) -> None:
         """The timer: drop the connection if its oldest command is late, else wait for that one."""
@@ -309,11 +313,13 @@ class CommandBatcher:
     """Automatic pipelining over up to ``connections`` connections to one Redis server.
 
     The connections are made by ``client``'s pool settings, or by ``make_connection`` (a Redis
-    Cluster node's, see ``ClusterBatcher``), and opened when first needed. The commands of one
-    loop pass go to one connection in one write: the connection with the fewest replies
-    outstanding (at low load, always the first). A connection takes new commands while it waits
-    for replies. Each command must be answered within ``timeout`` seconds (``client``'s
-    ``socket_timeout`` by default; see ``_Link``).
+    Cluster node's, see ``ClusterBatcher``), and opened when first needed. A connection carries
+    one batch at a time: the commands of one loop pass go to an idle connection in one write (at
+    low load, always the first connection, and each command at once); while every connection
+    waits for replies, commands queue, and the first connection to have all its replies takes
+    the queue (up to ``max_batch``) as its next batch, so batches grow with the load. Each
+    command must be answered within ``timeout`` seconds (``client``'s ``socket_timeout`` by
+    default; see ``_Link``).
     """
 
     def __init__(self, client: aioredis.Redis | None = None, connections: int = 4, max_batch: int = 512, *,
@@ -328,21 +334,45 @@ class CommandBatcher:
         self._connections = connections
         self._links: list[_Link] = []  # made in the event loop, with the first command
         self._filling: _Link | None = None  # the connection taking this pass's commands
+        self._queue: deque[tuple[Command, asyncio.Future[Any]]] = deque()  # while none is idle
         self._loop: asyncio.AbstractEventLoop | None = None
         self.batches_sent = 0  # writes
 
     async def execute(self, *args: Any) -> Any:
-        """Run one command in this pass's batch; returns its reply or raises its error."""
-        link = self._filling or self._pick()
-        fut: asyncio.Future[Any] = link._loop.create_future()
-        link.add(args, fut)
+        """Run one command in the next batch; returns its reply or raises its error."""
+        loop = self._loop
+        if loop is None:  # looked up once: each lookup is a getpid() call in Python 3.11
+            loop = self._loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        link = self._filling or self._idle_link()
+        if link is None:
+            self._queue.append((args, fut))
+        else:
+            self._assign(link, args, fut)
         return await fut
 
-    def _pick(self) -> _Link:
+    def _idle_link(self) -> _Link | None:
         if not self._links:
             self._links = [_Link(self) for _ in range(self._connections)]
-        self._filling = link = min(self._links, key=_replies_due)
-        return link
+        for link in self._links:
+            if not link.waiting:
+                self._filling = link
+                return link
+        return None
+
+    def _assign(self, link: _Link, args: Command, fut: asyncio.Future[Any]) -> None:
+        link.add(args, fut)
+
+    def idle(self, link: _Link) -> None:
+        """``link`` has every reply it waited for: it takes the queue, if any, as its next batch."""
+        if not self._queue or self._filling is not None:
+            return
+        self._filling = link
+        queue = self._queue
+        for _ in range(min(len(queue), self.max_batch)):
+            args, fut = queue.popleft()
+            if not fut.done():  # its caller has given up
+                self._assign(link, args, fut)
 
     def sealed(self, link: _Link) -> None:
         """``link``'s batch is complete and about to be written: the next command starts another."""
@@ -355,11 +385,10 @@ class CommandBatcher:
             self._filling = None
 
     async def close(self) -> None:
+        """Once every command given to the batcher is answered (or has failed), close the connections."""
+        if self._queue:
+            await asyncio.wait([fut for _, fut in self._queue])
         await asyncio.gather(*(link.close() for link in self._links))
-
-
-def _replies_due(link: _Link) -> int:
-    return len(link.waiting)
 
 
 # --- Redis Cluster ---------------------------------------------------------------------------------
@@ -397,16 +426,12 @@ class ReplicatedBatcher(CommandBatcher):
         # per connection, the writes of the batch being filled: (caller's future, reply's future)
         self._held: dict[_Link, list[tuple[asyncio.Future[Any], asyncio.Future[Any]]]] = {}
 
-    async def execute(self, *args: Any) -> Any:
+    def _assign(self, link: _Link, args: Command, fut: asyncio.Future[Any]) -> None:
         if args[0] not in WRITE_COMMANDS:
-            return await super().execute(*args)
-        link = self._filling or self._pick()
-        loop = link._loop
-        fut: asyncio.Future[Any] = loop.create_future()
-        proxy: asyncio.Future[Any] = loop.create_future()
+            return link.add(args, fut)
+        proxy: asyncio.Future[Any] = link._loop.create_future()  # the reply, held until WAIT's
         self._held.setdefault(link, []).append((fut, proxy))
         link.add(args, proxy)
-        return await fut
 
     def sealed(self, link: _Link) -> None:
         held = self._held.pop(link, None)

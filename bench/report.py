@@ -46,6 +46,8 @@ def round_line(r: LoadResult, rounds: int) -> str:
             f"sockerr={m.sockerr}  cpu {cpu}")
     if "issue_lag_p99_ms" in m.extra:
         line += f"  issued={m.extra['issued']} issue-lag p99={m.extra['issue_lag_p99_ms']:.2f}ms"
+    if "host_steal_pct" in m.extra:
+        line += f"  steal={m.extra['host_steal_pct']:.1f}%"
     return line
 
 

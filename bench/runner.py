@@ -27,7 +27,7 @@ import aiohttp
 from bench import loadgen, memory, report, thrift, workload, wrk
 from bench.noise import Noise, NoiseSpec
 from bench.stats import LoadResult, Measurement, summarize
-from bench.system import ROOT, CpuMeter, Proc, System, default_gateway_workers
+from bench.system import ROOT, CpuMeter, Proc, StealMeter, System, default_gateway_workers
 from chatsvc.client import ChatClient
 
 PAUSE_S = 0.5  # between two loads: lets sockets and queues drain
@@ -95,10 +95,14 @@ async def interleaved(targets: list[Target], loads: tuple[str, ...], opts: Optio
             for target in targets if rnd % 2 else targets[::-1]:
                 await probe(target)
                 async with Noise(opts.noise) if opts.noise else contextlib.nullcontext():
-                    meter = CpuMeter(target.system, target.watched)
+                    meter, steal = CpuMeter(target.system, target.watched), StealMeter()
                     meter.start()
+                    steal.start()
                     m = await measure(target, load)
                     cpu = meter.stop()
+                    stolen = steal.stop()
+                if stolen is not None:
+                    m.extra["host_steal_pct"] = stolen
                 if target.system is not None:
                     target.system.check_alive()
                 result = LoadResult(target.label, name_of(load), rnd, "", m, cpu)

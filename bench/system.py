@@ -280,6 +280,40 @@ class System:
         shutil.rmtree(self._workdir, ignore_errors=True)
 
 
+def cpu_ticks(stat: str | None = None) -> tuple[int, int] | None:
+    """(steal, total) clock ticks of all CPUs so far, from ``/proc/stat`` (or ``stat``): steal is
+    the time this VM's vCPUs were ready to run while the hypervisor ran something else. None
+    where the kernel does not count it."""
+    if stat is None:
+        try:
+            stat = Path("/proc/stat").read_text()
+        except OSError:
+            return None
+    fields = stat.split("\n", 1)[0].split()
+    if len(fields) < 9 or fields[0] != "cpu":
+        return None
+    # user nice system idle iowait irq softirq steal (guest time is counted in user already)
+    ticks = [int(v) for v in fields[1:9]]
+    return ticks[7], sum(ticks)
+
+
+class StealMeter:
+    """The share of the machine's CPU time stolen by the hypervisor between ``start`` and ``stop``,
+    in per cent: the host's own load, which delays every process here whatever it runs."""
+
+    def __init__(self) -> None:
+        self._before: tuple[int, int] | None = None
+
+    def start(self) -> None:
+        self._before = cpu_ticks()
+
+    def stop(self) -> float | None:
+        after = cpu_ticks()
+        if self._before is None or after is None or after[1] <= self._before[1]:
+            return None
+        return round(100 * (after[0] - self._before[0]) / (after[1] - self._before[1]), 2)
+
+
 class CpuMeter:
     """CPU seconds each process (and the load generator) used between ``start()`` and ``stop()``:
     the processes of ``system`` and the ``watched`` ``(name, pid)`` pairs."""

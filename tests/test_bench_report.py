@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from bench import runner
+from bench import report, runner, system
 from bench.__main__ import options
 from bench.report import summary_table
 from bench.stats import LoadResult, Measurement, Summary
@@ -82,6 +82,28 @@ def test_rounds_alternate_which_target_goes_first(monkeypatch):
                         ("A", "pull"), ("B", "pull"), ("B", "pull"), ("A", "pull"), ("A", "pull"), ("B", "pull")]
     assert [kind for kind, _, _ in calls] == ["probe", "measure"] * 12  # each measurement after its probe
     assert [(r.target, r.round) for r in results[:6]] == [("A", 1), ("B", 1), ("B", 2), ("A", 2), ("A", 3), ("B", 3)]
+
+
+def test_each_round_reports_the_cpu_time_the_hypervisor_stole(monkeypatch):
+    """The fixed-rate tail follows the host's load (docs/performance.md): each round says how much
+    of the machine's CPU time the hypervisor took, from /proc/stat's steal column."""
+    monkeypatch.setattr(runner, "PAUSE_S", 0)
+    stats = iter(["cpu  100 0 50 800 0 0 10 40 0 0\n", "cpu  200 0 100 1500 0 0 20 180 0 0\n"])
+    parse = system.cpu_ticks
+    monkeypatch.setattr(system, "cpu_ticks", lambda: parse(next(stats)))
+
+    async def measure(target: runner.Target, load: str) -> Measurement:
+        return Measurement(requests=1, duration_s=1.0, p50_ms=1.0, p90_ms=1.0, p99_ms=1.0, max_ms=1.0)
+
+    async def probe(target: runner.Target) -> None:
+        pass
+
+    opts = runner.Options(mode="http", loads=("send",), rounds=1)
+    [result] = asyncio.run(runner.interleaved([runner.Target("A", "http://a")], opts.loads, opts, probe, measure))
+    # 140 of 1,000 ticks: steal 180 - 40, total 2,000 - 1,000
+    assert result.as_dict()["host_steal_pct"] == 14.0
+    assert report.round_line(result, 1).endswith("steal=14.0%")
+    assert parse("intr 1 2 3\n") is None
 
 
 def test_the_bench_starts_one_gateway_worker_per_core_and_one_more():

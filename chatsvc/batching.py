@@ -4,10 +4,11 @@ Under load many calls wait on Redis at once. Sending their commands one by one c
 read and redis-py's per-command machinery each. Here the commands queued in one pass of the event
 loop go out in one pipelined write on one connection, and hiredis reads the replies as they come,
 in order, straight from the socket (an ``asyncio.Protocol``, ``_Link``): no task, stream or
-coroutine per batch or per reply. A connection takes the next pass's commands while it still
-waits for replies, so batches follow the load by themselves, and a lone command at low load costs
-one write and one read. Each caller still gets its own reply or its own error. redis-py still
-opens each connection (TLS, AUTH, SELECT... as the URL says) before the link takes its socket.
+coroutine per batch or per reply. A lone command at low load costs one write and one read. Each
+connection carries one batch at a time; while all of them wait for replies, commands queue, and
+the first connection to be answered takes the queue as its next batch, so batches grow with the
+load by themselves. Each caller still gets its own reply or its own error. redis-py still opens
+each connection (TLS, AUTH, SELECT... as the URL says) before the link takes its socket.
 
 On a Redis Cluster, ``ClusterBatcher`` keeps one such batcher per master and sends each command to
 the master of its key's hash slot (see its docstring for redirections, failures and failovers);

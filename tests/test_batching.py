@@ -60,8 +60,8 @@ async def test_a_lone_command_is_one_write_on_the_first_connection(client):
 
 
 async def test_a_slow_command_does_not_hold_up_the_next_ones(client):
-    """A connection waiting for a reply still takes commands, but the next pass's go to the
-    connection with the fewest replies due: a blocked BLPOP does not delay a PING behind it."""
+    """A command goes to a connection with no reply due: a BLPOP blocking one connection does not
+    delay a PING, which goes out on another."""
     batcher = CommandBatcher(client, connections=2)
     blocked = asyncio.ensure_future(batcher.execute("BLPOP", "nothing", "1"))
     await asyncio.sleep(0.05)

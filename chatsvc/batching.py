@@ -138,6 +138,7 @@ async def take_over(conn: Any) -> asyncio.StreamWriter:
 
 
 CLOSED, CONNECTING, OPEN = 0, 1, 2
+INCOMPLETE = object()  # hiredis' answer while a reply is not all in (False is a RESP3 reply)
 
 
 class _Link(CoalescingWriter, asyncio.Protocol):
@@ -168,7 +169,7 @@ class _Link(CoalescingWriter, asyncio.Protocol):
         encoder = getattr(self.conn, "encoder", None)
         decode = {"encoding": encoder.encoding, "errors": encoder.encoding_errors} if (
             encoder is not None and encoder.decode_responses) else {}
-        return hiredis.Reader(protocolError=InvalidResponse, replyError=parse_error, notEnoughData=False,
+        return hiredis.Reader(protocolError=InvalidResponse, replyError=parse_error, notEnoughData=INCOMPLETE,
                               **decode)
 
     def add(self, args: Command, fut: asyncio.Future[Any]) -> None:
@@ -237,7 +238,7 @@ class _Link(CoalescingWriter, asyncio.Protocol):
         reader.feed(data)
         waiting = self.waiting
         try:
-            while (reply := reader.gets()) is not False:
+            while (reply := reader.gets()) is not INCOMPLETE:
                 fut = waiting.popleft()[0]
                 if fut.done():
                     continue

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import pytest
@@ -83,33 +84,51 @@ async def test_a_connection_the_server_drops_fails_its_commands_and_the_next_one
     await batcher.close()
 
 
-async def test_an_error_reply_redis_py_counts_as_a_connection_error_fails_its_command():
-    """A restarted Redis answers LOADING while it reads its AOF, which redis-py turns into a
-    BusyLoadingError, a ConnectionError rather than a ResponseError: the send must fail (503),
-    never pass as stored (a kill -9 test caught it)."""
+@contextlib.asynccontextmanager
+async def fake_redis(answer):
+    """A server speaking just enough RESP: ``answer(command)`` gives each command's reply bytes
+    (the handshake's HELLO and CLIENT are answered here)."""
     import hiredis
-    from redis.exceptions import BusyLoadingError
 
-    async def loading(reader, writer):
+    async def serve(reader, writer):
         requests = hiredis.Reader()
         while data := await reader.read(65536):
             requests.feed(data)
             while (command := requests.gets()) is not False:
-                name = command[0].upper()  # HELLO and CLIENT (the handshake) work while loading
+                name = command[0].upper()
                 writer.write(b"%1\r\n+proto\r\n:3\r\n" if name == b"HELLO" else b"+OK\r\n" if name == b"CLIENT"
-                             else b"-LOADING Redis is loading the dataset in memory\r\n")
+                             else answer(command))
         writer.close()
 
-    server = await asyncio.start_server(loading, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
     try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+
+
+async def test_an_error_reply_redis_py_counts_as_a_connection_error_fails_its_command():
+    """A restarted Redis answers LOADING while it reads its AOF, which redis-py turns into a
+    BusyLoadingError, a ConnectionError rather than a ResponseError: the send must fail (503),
+    never pass as stored (a kill -9 test caught it)."""
+    from redis.exceptions import BusyLoadingError
+
+    async with fake_redis(lambda command: b"-LOADING Redis is loading the dataset in memory\r\n") as port:
         storage = RedisStorage.from_url(f"redis://127.0.0.1:{port}/0", pool_size=4, timeout=2, connect_timeout=1)
         with pytest.raises(StorageUnavailable) as info:
             await storage.append("a:b", "a", "hi")
         assert isinstance(info.value.__cause__, BusyLoadingError)
         await storage.close()
-    finally:
-        server.close()
+
+
+async def test_a_false_reply_is_a_reply():
+    """RESP3 has booleans, and hiredis gives False for #f: it is that command's reply, and the
+    next command still gets its own."""
+    async with fake_redis(lambda command: b"#f\r\n" if command[0] == b"F" else b"$2\r\nok\r\n") as port:
+        batcher = CommandBatcher(make_connection=lambda: aioredis.Connection(host="127.0.0.1", port=port),
+                                 connections=1, timeout=2)
+        assert await asyncio.gather(batcher.execute("F"), batcher.execute("G")) == [False, b"ok"]
+        await batcher.close()
 
 
 async def test_the_url_s_password_and_database_are_used(logdir):

@@ -35,13 +35,16 @@ async def running(settings: ChatsvcSettings) -> AsyncIterator[ThriftServer]:
     limits = ServerLimits(settings.wire_limits, settings.max_connections, settings.max_pipeline,
                           settings.idle_timeout, settings.read_timeout, settings.flush_bytes)
     server = ThriftServer(IMService, handler, limits, readers=ARGS_READERS)
+    probe: asyncio.Task[None] | None = None
     try:
         await server.start(settings.host, settings.port)
-        if not await storage.ping():
-            log.warning("Redis at %s is not answering yet; calls get Code 503 until it does",
-                        settings.redis_url)
+        # In the background: a Redis slow to answer (up to REDIS_TIMEOUT) must not hold up a
+        # SIGTERM that comes meanwhile, which is only handled once this block has been entered.
+        probe = asyncio.create_task(_warn_if_unreachable(storage, settings.redis_url))
         yield server
     finally:
+        if probe is not None:
+            probe.cancel()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + settings.drain_timeout
         await server.close(settings.drain_timeout)
@@ -52,6 +55,11 @@ async def running(settings: ChatsvcSettings) -> AsyncIterator[ThriftServer]:
                 await storage.close()
         except TimeoutError:
             log.warning("Redis commands of abandoned calls still pending; not waiting for them")
+
+
+async def _warn_if_unreachable(storage: RedisStorage, url: str) -> None:
+    if not await storage.ping():
+        log.warning("Redis at %s is not answering yet; calls get Code 503 until it does", url)
 
 
 async def serve(settings: ChatsvcSettings) -> None:

@@ -131,6 +131,21 @@ async def test_chatsvc_drain_timeout_bounds_shutdown(stack: Stack) -> None:
     assert exited_after < 2.5, f"exit took {exited_after:.2f}s with a drain timeout of 1s\n{chatsvc.output()}"
 
 
+async def test_chatsvc_sigterm_while_its_first_redis_check_hangs_is_not_held_up(stack: Stack) -> None:
+    """chatsvc serves before its startup check of Redis has answered. A SIGTERM meanwhile is
+    handled at once, not when that check gives up (REDIS_TIMEOUT): under a loaded CI machine the
+    check was still running when test_chatsvc_drain_timeout_bounds_shutdown froze Redis."""
+    stack.start_redis()
+    signal_proc(stack.redis, signal.SIGSTOP)
+    try:
+        chatsvc = stack.start_chatsvc(None, "--redis-timeout", "5", "--drain-timeout", "1")
+        code, took = await term(chatsvc)
+    finally:
+        signal_proc(stack.redis, signal.SIGCONT)
+    assert code == 0, chatsvc.output()
+    assert took < 2.5, f"exit took {took:.2f}s\n{chatsvc.output()}"
+
+
 @pytest.mark.slow
 async def test_chatsvc_sigterm_under_load_then_restart(stack: Stack) -> None:
     """SIGTERM chatsvc under 8 HTTP senders, then start a new one on the same port: exit 0,

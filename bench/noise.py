@@ -29,8 +29,9 @@ from types import TracebackType
 
 from bench.system import ROOT
 
-START_CHECK_S = 0.2  # how long the spinners have to report a refused priority
+START_TIMEOUT_S = 10.0  # for every spinner to be at its priority (a loaded machine starts Python slowly)
 FIFO_PRIORITY = 1
+READY = b"ready\n"  # a spinner's line on stdout once it runs on its CPU at SCHED_FIFO
 
 
 class NoiseUnavailable(Exception):
@@ -67,21 +68,32 @@ class Noise:
         self.procs: list[subprocess.Popen[bytes]] = []
 
     async def __aenter__(self) -> Noise:
+        """Returns once every spinner runs at its priority, so that the first round has the whole
+        disturbance; raises NoiseUnavailable if one cannot."""
         for cpu in self.cpus:
             cmd = [sys.executable, "-m", "bench.noise", "--cpu", str(cpu), "--busy", str(self.spec.busy_ms),
                    "--period", str(self.spec.period_ms), "--parent", str(os.getpid())]
-            self.procs.append(subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE))
+            self.procs.append(subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
         try:
-            await asyncio.sleep(START_CHECK_S)
+            lines = await asyncio.wait_for(asyncio.gather(*(self._first_line(p) for p in self.procs)),
+                                           START_TIMEOUT_S)
+        except TimeoutError:
+            self.stop()
+            raise NoiseUnavailable(f"the spinners were not running within {START_TIMEOUT_S:g} s") from None
         except BaseException:  # cancelled (Ctrl-C): no spinner outlives the block
             self.stop()
             raise
-        failed = [p for p in self.procs if p.poll() is not None]
-        if failed:
-            message = failed[0].communicate()[1].decode(errors="replace").strip()
-            self.stop()
-            raise NoiseUnavailable(message or f"a spinner exited with code {failed[0].returncode}")
+        for p, line in zip(self.procs, lines, strict=True):
+            if line != READY:  # it exited: its error is on stderr
+                message = p.communicate()[1].decode(errors="replace").strip()
+                self.stop()
+                raise NoiseUnavailable(message or f"a spinner exited with code {p.returncode}")
         return self
+
+    @staticmethod
+    async def _first_line(proc: subprocess.Popen[bytes]) -> bytes:
+        assert proc.stdout is not None
+        return await asyncio.to_thread(proc.stdout.readline)  # b"" once it exits; stop() ends a wait
 
     async def __aexit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
         self.stop()
@@ -92,8 +104,9 @@ class Noise:
                 p.send_signal(signal.SIGTERM)
         for p in self.procs:
             p.wait()
-            if p.stderr is not None:
-                p.stderr.close()
+            for pipe in (p.stdout, p.stderr):
+                if pipe is not None:
+                    pipe.close()
         self.procs.clear()
 
 
@@ -102,6 +115,8 @@ def spin(cpu: int, busy_s: float, period_s: float, parent: int) -> None:
     is gone (or SIGTERM)."""
     os.sched_setaffinity(0, {cpu})
     os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(FIFO_PRIORITY))
+    sys.stdout.buffer.write(READY)
+    sys.stdout.buffer.flush()
     time.sleep(random.random() * period_s)
     clock = time.monotonic
     while os.getppid() == parent:

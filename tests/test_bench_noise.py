@@ -95,6 +95,40 @@ def test_without_the_right_to_realtime_the_bench_says_so():
     assert "needs the right to run at SCHED_FIFO" in done.stderr
 
 
+def slow_start(monkeypatch, seconds: float, command: list[str] | None = None) -> None:
+    """Spinners (or ``command`` instead) that start ``seconds`` late, as on a loaded machine."""
+    real_popen = subprocess.Popen
+
+    def late(cmd, **kwargs):
+        return real_popen(["sh", "-c", f'sleep {seconds}; exec "$0" "$@"', *(command or cmd)], **kwargs)
+
+    monkeypatch.setattr("bench.noise.subprocess.Popen", late)
+
+
+def test_the_block_starts_only_once_every_spinner_runs_at_its_priority(monkeypatch):
+    need_tool(fifo_allowed(), "SCHED_FIFO needs root or CAP_SYS_NICE")
+    slow_start(monkeypatch, 0.6)
+
+    async def policies() -> list[int]:
+        async with Noise(NoiseSpec(1, 10)) as noise:
+            return [os.sched_getscheduler(p.pid) for p in noise.procs]
+
+    assert asyncio.run(policies()) == [os.SCHED_FIFO] * len(os.sched_getaffinity(0))
+
+
+def test_a_spinner_refused_after_a_slow_start_still_fails_the_noise(monkeypatch):
+    slow_start(monkeypatch, 0.6, [sys.executable, "-c", "import sys; sys.exit('refused late')"])
+    noise = Noise(NoiseSpec(20, 40), cpus=[0])
+
+    async def enter() -> None:
+        async with noise:
+            pass
+
+    with pytest.raises(NoiseUnavailable, match="refused late"):
+        asyncio.run(enter())
+    assert noise.procs == []
+
+
 def test_a_refused_spinner_fails_the_noise_with_its_message(monkeypatch):
     # The unprivileged case in process: every spinner exits at once with its error.
     noise = Noise(NoiseSpec(20, 40), cpus=[0])

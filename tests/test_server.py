@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import struct
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 from thriftpy2.thrift import TApplicationException
@@ -161,13 +161,26 @@ async def served(double) -> AsyncIterator[tuple[ThriftServer, int]]:
 # --- ordering ------------------------------------------------------------------------------------
 
 
+async def settled(condition: Callable[[], bool], timeout: float = READ_TIMEOUT) -> None:
+    """Until ``condition()`` holds, at most ``timeout`` seconds."""
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.001)
+
+
 @pytest.mark.parametrize("transport", list(Transport))
 async def test_pipelined_replies_come_in_request_order(served, double, transport):
     _, port = served
     client = await Client.connect(port)
-    for i in range(10):
-        double.delays[f"m{i}"] = (10 - i) * 0.005
-    client.write(b"".join(send_call(f"m{i}", 100 + i, transport) for i in range(10)))
+    names = [f"m{i}" for i in range(10)]
+    double.gates.update({name: asyncio.Event() for name in names})
+    client.write(b"".join(send_call(name, 100 + i, transport) for i, name in enumerate(names)))
+    await settled(lambda: len(double.started) == 10)
+    # The handler finishes them last first, each after the one behind it: the server must reorder.
+    # (Gates, not delays: on a loaded machine, timers 5 ms apart could fire in either order.)
+    for name in reversed(names):
+        double.gates[name].set()
+        await settled(lambda name=name: double.completed[-1:] == [name])
     replies = [await client.reply() for _ in range(10)]
     for i, (frame, mtype, seqid, resp) in enumerate(replies):
         assert mtype == codec.REPLY
@@ -176,8 +189,7 @@ async def test_pipelined_replies_come_in_request_order(served, double, transport
         assert frame.transport is transport
         if transport.has_header:
             assert frame.header.seqid == 100 + i
-    # The handler really finished them out of order (last first), so the server reordered.
-    assert double.completed == [f"m{i}" for i in reversed(range(10))]
+    assert double.completed == list(reversed(names))
     assert double.max_in_flight == 10
     await client.close()
 
